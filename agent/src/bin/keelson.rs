@@ -1,0 +1,2 @@
+//! The multi-call `keelson` binary.
+fn main() {}

@@ -1,0 +1,1 @@
+//! Keelson's node daemon.

@@ -1,0 +1,2 @@
+//! `keelson-shim`: one per pod; the pause process, subreaper and stdio owner of the pod.
+fn main() {}

@@ -1,0 +1,1 @@
+//! OCI images: content store, import, pull, unpacking and snapshots.

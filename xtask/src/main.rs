@@ -1,0 +1,2 @@
+//! Orchestration for Keelson's build.
+fn main() {}
