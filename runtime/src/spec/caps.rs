@@ -1,0 +1,212 @@
+//! Capability sets: containerd's default set, `add`/`drop` with `ALL`, and privileged.
+//!
+//! The order follows containerd's CRI plugin: `add: [ALL]` grants every capability, then
+//! `drop: [ALL]` clears the set, then the named additions, then the named drops. So
+//! `drop: [ALL], add: [NET_BIND_SERVICE]` leaves exactly `NET_BIND_SERVICE`, and a capability
+//! both added and dropped is dropped.
+
+use std::str::FromStr;
+
+use oci_spec::runtime::{Capabilities, Capability, LinuxCapabilities};
+
+use super::{Error, Result};
+
+/// containerd's (and Docker's) default capability set, 14 capabilities.
+pub const DEFAULT: [Capability; 14] = [
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fsetid,
+    Capability::Fowner,
+    Capability::Mknod,
+    Capability::NetRaw,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setfcap,
+    Capability::Setpcap,
+    Capability::NetBindService,
+    Capability::SysChroot,
+    Capability::Kill,
+    Capability::AuditWrite,
+];
+
+/// Every capability oci-spec knows, which is every capability of Linux 6.x.
+pub const ALL: [Capability; 41] = [
+    Capability::AuditControl,
+    Capability::AuditRead,
+    Capability::AuditWrite,
+    Capability::BlockSuspend,
+    Capability::Bpf,
+    Capability::CheckpointRestore,
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::DacReadSearch,
+    Capability::Fowner,
+    Capability::Fsetid,
+    Capability::IpcLock,
+    Capability::IpcOwner,
+    Capability::Kill,
+    Capability::Lease,
+    Capability::LinuxImmutable,
+    Capability::MacAdmin,
+    Capability::MacOverride,
+    Capability::Mknod,
+    Capability::NetAdmin,
+    Capability::NetBindService,
+    Capability::NetBroadcast,
+    Capability::NetRaw,
+    Capability::Perfmon,
+    Capability::Setgid,
+    Capability::Setfcap,
+    Capability::Setpcap,
+    Capability::Setuid,
+    Capability::SysAdmin,
+    Capability::SysBoot,
+    Capability::SysChroot,
+    Capability::SysModule,
+    Capability::SysNice,
+    Capability::SysPacct,
+    Capability::SysPtrace,
+    Capability::SysRawio,
+    Capability::SysResource,
+    Capability::SysTime,
+    Capability::SysTtyConfig,
+    Capability::Syslog,
+    Capability::WakeAlarm,
+];
+
+/// The default set as a [`Capabilities`] set.
+pub fn default_set() -> Capabilities {
+    DEFAULT.into_iter().collect()
+}
+
+/// Parses a capability name as Kubernetes writes it: `NET_ADMIN` or `CAP_NET_ADMIN`, in any
+/// case. `ALL` is not a capability and is handled by [`effective_set`].
+pub fn parse(name: &str) -> Result<Capability> {
+    let upper = name.trim().to_ascii_uppercase();
+    let bare = upper.strip_prefix("CAP_").unwrap_or(&upper);
+    Capability::from_str(bare).map_err(|_| Error::UnknownCapability { name: name.to_owned() })
+}
+
+fn is_all(name: &str) -> bool {
+    name.trim().eq_ignore_ascii_case("ALL")
+}
+
+/// The bounding set of a container: default or all (privileged), then `add`/`drop`.
+pub fn effective_set(caps: &crate::config::Capabilities, privileged: bool) -> Result<Capabilities> {
+    // Parse everything first so that an unknown name is an error even when `ALL` makes it moot.
+    let add: Vec<Capability> =
+        caps.add.iter().filter(|n| !is_all(n)).map(|n| parse(n)).collect::<Result<_>>()?;
+    let drop: Vec<Capability> =
+        caps.drop.iter().filter(|n| !is_all(n)).map(|n| parse(n)).collect::<Result<_>>()?;
+    if privileged {
+        return Ok(ALL.into_iter().collect());
+    }
+    let mut set = default_set();
+    if caps.add.iter().any(|n| is_all(n)) {
+        set = ALL.into_iter().collect();
+    }
+    if caps.drop.iter().any(|n| is_all(n)) {
+        set.clear();
+    }
+    set.extend(add);
+    for c in drop {
+        set.remove(&c);
+    }
+    Ok(set)
+}
+
+/// The process capabilities for a bounding set: bounding, effective and permitted hold it;
+/// inheritable and ambient are empty (containerd since CVE-2022-24769).
+pub fn process_capabilities(set: &Capabilities) -> LinuxCapabilities {
+    let mut caps = LinuxCapabilities::default();
+    caps.set_bounding(Some(set.clone()));
+    caps.set_effective(Some(set.clone()));
+    caps.set_permitted(Some(set.clone()));
+    caps.set_inheritable(Some(Capabilities::new()));
+    caps.set_ambient(Some(Capabilities::new()));
+    caps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Capabilities as Change;
+
+    fn change(add: &[&str], drop: &[&str]) -> Change {
+        Change {
+            add: add.iter().map(|s| s.to_string()).collect(),
+            drop: drop.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn default_set_is_containerds_fourteen() {
+        let set = effective_set(&Change::default(), false).unwrap();
+        assert_eq!(set.len(), 14);
+        assert!(set.contains(&Capability::NetBindService));
+        assert!(!set.contains(&Capability::SysAdmin));
+        assert!(!set.contains(&Capability::NetAdmin));
+    }
+
+    #[test]
+    fn names_are_accepted_with_or_without_prefix_and_in_any_case() {
+        assert_eq!(parse("NET_ADMIN").unwrap(), Capability::NetAdmin);
+        assert_eq!(parse("CAP_NET_ADMIN").unwrap(), Capability::NetAdmin);
+        assert_eq!(parse("cap_sys_admin").unwrap(), Capability::SysAdmin);
+    }
+
+    #[test]
+    fn unknown_capability_names_are_rejected() {
+        let err = effective_set(&change(&["NET_WIZARD"], &[]), false).unwrap_err();
+        assert!(matches!(err, Error::UnknownCapability { ref name } if name == "NET_WIZARD"));
+        assert!(err.to_string().contains("NET_WIZARD"));
+        assert!(effective_set(&change(&[], &["CAP_"]), false).is_err());
+        // Even when ALL makes the name moot, a typo is reported.
+        assert!(effective_set(&change(&["ALL", "BOGUS"], &[]), false).is_err());
+    }
+
+    #[test]
+    fn add_and_drop_change_the_default_set() {
+        let set = effective_set(&change(&["NET_ADMIN"], &["CAP_NET_RAW", "mknod"]), false).unwrap();
+        assert!(set.contains(&Capability::NetAdmin));
+        assert!(!set.contains(&Capability::NetRaw));
+        assert!(!set.contains(&Capability::Mknod));
+        assert_eq!(set.len(), 13);
+    }
+
+    #[test]
+    fn drop_all_then_add_keeps_only_the_added() {
+        let set = effective_set(&change(&["NET_BIND_SERVICE"], &["ALL"]), false).unwrap();
+        assert_eq!(set, [Capability::NetBindService].into_iter().collect());
+        let none = effective_set(&change(&[], &["all"]), false).unwrap();
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn add_all_grants_everything_and_named_drops_still_apply() {
+        let set = effective_set(&change(&["ALL"], &["SYS_ADMIN"]), false).unwrap();
+        assert_eq!(set.len(), ALL.len() - 1);
+        assert!(!set.contains(&Capability::SysAdmin));
+    }
+
+    #[test]
+    fn a_capability_added_and_dropped_is_dropped() {
+        let set = effective_set(&change(&["SYS_ADMIN"], &["SYS_ADMIN"]), false).unwrap();
+        assert!(!set.contains(&Capability::SysAdmin));
+    }
+
+    #[test]
+    fn privileged_gets_every_capability() {
+        let set = effective_set(&change(&[], &["ALL"]), true).unwrap();
+        assert_eq!(set.len(), ALL.len());
+    }
+
+    #[test]
+    fn inheritable_and_ambient_are_empty() {
+        let caps = process_capabilities(&default_set());
+        assert_eq!(caps.inheritable().as_ref().map(|s| s.len()), Some(0));
+        assert_eq!(caps.ambient().as_ref().map(|s| s.len()), Some(0));
+        assert_eq!(caps.bounding(), caps.effective());
+        assert_eq!(caps.bounding(), caps.permitted());
+    }
+}
