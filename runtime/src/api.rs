@@ -376,7 +376,8 @@ pub struct AttachSession {
     pub stderr: Option<Reader>,
     /// The container has a terminal.
     pub tty: bool,
-    pub(crate) resize: Box<dyn Fn(u16, u16) -> futures::future::BoxFuture<'static, Result<()>> + Send + Sync>,
+    pub(crate) resize:
+        Box<dyn Fn(u16, u16) -> futures::future::BoxFuture<'static, Result<()>> + Send + Sync>,
 }
 
 impl std::fmt::Debug for AttachSession {
@@ -407,7 +408,12 @@ pub trait Runtime: Send + Sync {
     /// One sandbox.
     async fn sandbox_status(&self, id: &SandboxId) -> Result<SandboxStatus>;
     /// Creates a container in a sandbox; it waits for `start_container`.
-    async fn create_container(&self, sandbox: &SandboxId, config: ContainerConfig, image: ContainerImage) -> Result<ContainerId>;
+    async fn create_container(
+        &self,
+        sandbox: &SandboxId,
+        config: ContainerConfig,
+        image: ContainerImage,
+    ) -> Result<ContainerId>;
     /// Starts a created container.
     async fn start_container(&self, id: &ContainerId) -> Result<()>;
     /// Stop signal (SIGTERM or the image's), the grace period, then SIGKILL; returns once the

@@ -17,9 +17,15 @@ pub type Error = Box<dyn std::error::Error + Send + Sync + 'static>;
 #[async_trait::async_trait]
 pub trait PodNetwork: Send + Sync + std::fmt::Debug {
     /// Connects the namespace pinned at `netns` to the node's network; returns the pod's IPs.
-    async fn setup(&self, sandbox: &SandboxId, netns: &Path, pod: &PodMeta) -> Result<Vec<IpAddr>, Error>;
+    async fn setup(
+        &self,
+        sandbox: &SandboxId,
+        netns: &Path,
+        pod: &PodMeta,
+    ) -> Result<Vec<IpAddr>, Error>;
     /// Releases what `setup` allocated. Must succeed when nothing (or part) was set up.
-    async fn teardown(&self, sandbox: &SandboxId, netns: &Path, pod: &PodMeta) -> Result<(), Error>;
+    async fn teardown(&self, sandbox: &SandboxId, netns: &Path, pod: &PodMeta)
+        -> Result<(), Error>;
 }
 
 /// No network beyond loopback.

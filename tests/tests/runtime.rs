@@ -15,11 +15,13 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use futures::StreamExt;
 use keelson_runtime::api::{
-    ContainerImage, ContainerState, ExecConfig, LogOptions, Rootfs, Runtime, RuntimeEvent, SandboxState,
+    ContainerImage, ContainerState, ExecConfig, LogOptions, Rootfs, Runtime, RuntimeEvent,
+    SandboxState,
 };
 use keelson_runtime::cgroup::{detect_host, Layout};
 use keelson_runtime::config::{
-    ContainerConfig, ContainerId, PodMeta, SandboxConfig, SandboxId, SeccompProfile, SecurityContext, StopOptions,
+    ContainerConfig, ContainerId, PodMeta, SandboxConfig, SandboxId, SeccompProfile,
+    SecurityContext, StopOptions,
 };
 use keelson_runtime::network::NoNetwork;
 use keelson_runtime::sandbox::{CgroupConfig, RuntimeConfig, ShimRuntime};
@@ -59,14 +61,18 @@ fn busybox_rootfs(dir: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(root.join("bin"))?;
     std::fs::create_dir_all(root.join("etc"))?;
     std::fs::create_dir_all(root.join("tmp"))?;
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).context("copy /bin/busybox (busybox-static)")?;
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .context("copy /bin/busybox (busybox-static)")?;
     let list = std::process::Command::new("/bin/busybox").arg("--list").output()?;
     for applet in String::from_utf8_lossy(&list.stdout).lines() {
         if applet != "busybox" && !applet.contains('/') {
             symlink("busybox", root.join("bin").join(applet))?;
         }
     }
-    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n")?;
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n",
+    )?;
     std::fs::write(root.join("etc/group"), "root:x:0:\nuser:x:1000:\n")?;
     Ok(root)
 }
@@ -89,7 +95,9 @@ fn runtime_config(dir: &Path, base: &str) -> Result<(RuntimeConfig, Option<PathB
         run_dir: dir.join("run"),
         netns_dir: dir.join("netns"),
         log_root: dir.join("logs"),
-        cgroup: root.is_some().then(|| CgroupConfig { setup, layout: Layout { base: PathBuf::from(base) } }),
+        cgroup: root
+            .is_some()
+            .then(|| CgroupConfig { setup, layout: Layout { base: PathBuf::from(base) } }),
         shim_log: Some(dir.join("shim.log")),
     };
     Ok((cfg, root.map(|r| r.join(base))))
@@ -117,7 +125,10 @@ impl Drop for Env {
         let ids: Vec<SandboxId> = self.sandboxes.lock().map(|v| v.clone()).unwrap_or_default();
         let base = self.cgroup_base.clone();
         let _ = std::thread::spawn(move || {
-            let Ok(tokio_rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            let Ok(tokio_rt) = tokio::runtime::Builder::new_current_thread().enable_all().build()
+            else {
+                return;
+            };
             tokio_rt.block_on(async {
                 for id in ids {
                     if let Err(e) = rt.remove_sandbox(&id).await {
@@ -212,7 +223,9 @@ impl Env {
             tokio::time::timeout(Duration::from_secs(20), async {
                 loop {
                     match events.recv().await {
-                        Ok(RuntimeEvent::ContainerExited { id: e, .. }) if &e == id => return Ok(()),
+                        Ok(RuntimeEvent::ContainerExited { id: e, .. }) if &e == id => {
+                            return Ok(())
+                        }
                         Ok(_) => {}
                         Err(e) => bail!("event stream: {e}"),
                     }
@@ -264,7 +277,9 @@ fn container_output_and_exit_code_are_recorded() {
         let env = env().await?;
         let sb = env.sandbox("hello").await?;
         let mut ev = env.rt.events();
-        let id = env.run(&sb, container("main", &["sh", "-c", "echo hello; echo oops >&2; exit 3"])).await?;
+        let id = env
+            .run(&sb, container("main", &["sh", "-c", "echo hello; echo oops >&2; exit 3"]))
+            .await?;
         let st = env.wait_exit(&mut ev, &id).await?;
         assert_eq!(st.state, ContainerState::Exited);
         assert_eq!(st.exit_code, Some(3));
@@ -280,7 +295,7 @@ fn container_output_and_exit_code_are_recorded() {
         assert!(env.rt.container_status(&id).await.is_err());
         Ok(())
     })
-    .unwrap();
+    .expect("test body failed");
 }
 
 #[test]
@@ -292,7 +307,14 @@ fn exec_with_a_terminal_sees_the_resize() {
         let id = env.run(&sb, container("main", &["sleep", "1000"])).await?;
         let mut ex = env
             .rt
-            .exec(&id, ExecConfig { command: vec!["sh".into(), "-c".into(), "read x; stty size; exit 5".into()], tty: true, ..Default::default() })
+            .exec(
+                &id,
+                ExecConfig {
+                    command: vec!["sh".into(), "-c".into(), "read x; stty size; exit 5".into()],
+                    tty: true,
+                    ..Default::default()
+                },
+            )
             .await?;
         ex.resize(100, 40)?;
         let mut stdin = ex.stdin.take().context("terminal input")?;
@@ -304,7 +326,7 @@ fn exec_with_a_terminal_sees_the_resize() {
         assert_eq!(ex.wait().await?.code, 5);
         Ok(())
     })
-    .unwrap();
+    .expect("test body failed");
 }
 
 #[test]
@@ -319,7 +341,11 @@ fn exec_without_terminal_passes_stdin_and_exit_code() {
             .exec(
                 &id,
                 ExecConfig {
-                    command: vec!["sh".into(), "-c".into(), "read x; echo got:$x; echo err >&2; exit 7".into()],
+                    command: vec![
+                        "sh".into(),
+                        "-c".into(),
+                        "read x; echo got:$x; echo err >&2; exit 7".into(),
+                    ],
                     stdin: true,
                     ..Default::default()
                 },
@@ -343,7 +369,7 @@ fn exec_without_terminal_passes_stdin_and_exit_code() {
         assert_eq!(env.log_text(&id).await?, "");
         Ok(())
     })
-    .unwrap();
+    .expect("test body failed");
 }
 
 #[test]
@@ -365,7 +391,7 @@ fn attach_reads_live_output_and_writes_stdin() {
         env.await_line(&id, "seen:one").await?;
         Ok(())
     })
-    .unwrap();
+    .expect("test body failed");
 }
 
 #[test]
@@ -382,7 +408,7 @@ fn run_as_user_sets_the_uid() {
         assert_eq!(env.log_text(&id).await?, "1000\n");
         Ok(())
     })
-    .unwrap();
+    .expect("test body failed");
 }
 
 #[test]
@@ -392,10 +418,25 @@ fn containers_of_a_sandbox_share_hostname_ipc_and_network_but_not_pids() {
         let env = env().await?;
         let sb = env.sandbox("sharing").await?;
         let mut ev = env.rt.events();
-        let show = "hostname; for n in uts ipc net pid; do readlink /proc/self/ns/$n; done; ps -o comm";
-        let first = env.run(&sb, container("first", &["sh", "-c", &format!("{show}; echo x > /dev/shm/marker; echo ready; sleep 1000")])).await?;
+        let show =
+            "hostname; for n in uts ipc net pid; do readlink /proc/self/ns/$n; done; ps -o comm";
+        let first = env
+            .run(
+                &sb,
+                container(
+                    "first",
+                    &[
+                        "sh",
+                        "-c",
+                        &format!("{show}; echo x > /dev/shm/marker; echo ready; sleep 1000"),
+                    ],
+                ),
+            )
+            .await?;
         env.await_line(&first, "ready").await?;
-        let second = env.run(&sb, container("second", &["sh", "-c", &format!("{show}; cat /dev/shm/marker")])).await?;
+        let second = env
+            .run(&sb, container("second", &["sh", "-c", &format!("{show}; cat /dev/shm/marker")]))
+            .await?;
         assert_eq!(env.wait_exit(&mut ev, &second).await?.exit_code, Some(0));
         let a: Vec<String> = env.log_text(&first).await?.lines().map(str::to_owned).collect();
         let b: Vec<String> = env.log_text(&second).await?.lines().map(str::to_owned).collect();
@@ -404,12 +445,16 @@ fn containers_of_a_sandbox_share_hostname_ipc_and_network_but_not_pids() {
         assert_eq!(a[1..4], b[1..4], "uts, ipc and net namespaces are the sandbox's");
         assert_ne!(a[4], b[4], "each container has its own pid namespace");
         // ps in the second container sees only its own processes.
-        let procs: Vec<&str> = b[5..].iter().map(String::as_str).take_while(|l| *l != "x").collect();
-        assert!(!procs.contains(&"sleep"), "second container sees the first's processes: {procs:?}");
+        let procs: Vec<&str> =
+            b[5..].iter().map(String::as_str).take_while(|l| *l != "x").collect();
+        assert!(
+            !procs.contains(&"sleep"),
+            "second container sees the first's processes: {procs:?}"
+        );
         assert_eq!(b.last().map(String::as_str), Some("x"), "the pod's /dev/shm is shared");
         Ok(())
     })
-    .unwrap();
+    .expect("test body failed");
 }
 
 #[test]
@@ -419,23 +464,40 @@ fn stop_honours_a_trapped_sigterm_and_kills_an_ignoring_container() {
         let env = env().await?;
         let sb = env.sandbox("stop").await?;
         let trapped = env
-            .run(&sb, container("trapped", &["sh", "-c", "trap 'exit 0' TERM; echo ready; while true; do sleep 0.1; done"]))
+            .run(
+                &sb,
+                container(
+                    "trapped",
+                    &["sh", "-c", "trap 'exit 0' TERM; echo ready; while true; do sleep 0.1; done"],
+                ),
+            )
             .await?;
-        let ignoring =
-            env.run(&sb, container("ignoring", &["sh", "-c", "trap '' TERM; echo ready; while true; do sleep 0.1; done"])).await?;
+        let ignoring = env
+            .run(
+                &sb,
+                container(
+                    "ignoring",
+                    &["sh", "-c", "trap '' TERM; echo ready; while true; do sleep 0.1; done"],
+                ),
+            )
+            .await?;
         env.await_line(&trapped, "ready").await?;
         env.await_line(&ignoring, "ready").await?;
-        env.rt.stop_container(&trapped, StopOptions { grace_period: Duration::from_secs(10) }).await?;
+        env.rt
+            .stop_container(&trapped, StopOptions { grace_period: Duration::from_secs(10) })
+            .await?;
         let st = env.rt.container_status(&trapped).await?;
         assert_eq!((st.exit_code, st.signal), (Some(0), None));
         let t0 = std::time::Instant::now();
-        env.rt.stop_container(&ignoring, StopOptions { grace_period: Duration::from_millis(500) }).await?;
+        env.rt
+            .stop_container(&ignoring, StopOptions { grace_period: Duration::from_millis(500) })
+            .await?;
         assert!(t0.elapsed() >= Duration::from_millis(500));
         let st = env.rt.container_status(&ignoring).await?;
         assert_eq!((st.exit_code, st.signal), (Some(137), Some(9)));
         Ok(())
     })
-    .unwrap();
+    .expect("test body failed");
 }
 
 #[test]
@@ -451,11 +513,21 @@ fn runtime_default_seccomp_refuses_user_namespaces_that_unconfined_allows() {
         let unconfined = env.run(&sb, c).await?;
         let a = env.wait_exit(&mut ev, &confined).await?;
         let b = env.wait_exit(&mut ev, &unconfined).await?;
-        assert_ne!(a.exit_code, Some(0), "RuntimeDefault let unshare -U through: {}", env.log_text(&confined).await?);
-        assert_eq!(b.exit_code, Some(0), "unconfined unshare -U failed: {}", env.log_text(&unconfined).await?);
+        assert_ne!(
+            a.exit_code,
+            Some(0),
+            "RuntimeDefault let unshare -U through: {}",
+            env.log_text(&confined).await?
+        );
+        assert_eq!(
+            b.exit_code,
+            Some(0),
+            "unconfined unshare -U failed: {}",
+            env.log_text(&unconfined).await?
+        );
         Ok(())
     })
-    .unwrap();
+    .expect("test body failed");
 }
 
 #[test]
@@ -475,7 +547,7 @@ fn containers_have_no_cap_sys_admin() {
         assert_ne!(caps, 0, "the default set is not empty");
         Ok(())
     })
-    .unwrap();
+    .expect("test body failed");
 }
 
 /// The "agent" of `restarted_runtime_readopts_running_containers`: run in a child process
@@ -496,7 +568,8 @@ fn agent_child_process() {
             rootfs: Rootfs::Directory(rootfs),
         };
         let sb = rt.create_sandbox(pod("restart")).await?.id;
-        let stays = rt.create_container(&sb, container("stays", &["sleep", "1000"]), image.clone()).await?;
+        let stays =
+            rt.create_container(&sb, container("stays", &["sleep", "1000"]), image.clone()).await?;
         rt.start_container(&stays).await?;
         let dies = rt.create_container(&sb, container("dies", &["sleep", "1000"]), image).await?;
         rt.start_container(&dies).await?;
@@ -508,7 +581,7 @@ fn agent_child_process() {
         std::future::pending::<()>().await;
         Ok(())
     })
-    .unwrap();
+    .expect("test body failed");
 }
 
 #[test]
@@ -537,12 +610,20 @@ fn restarted_runtime_readopts_running_containers() {
         }
         let ids = std::fs::read_to_string(&ids_file)?;
         let f: Vec<&str> = ids.split_whitespace().collect();
-        let (sb, stays, stays_pid, dies, dies_pid): (SandboxId, ContainerId, i32, ContainerId, i32) =
-            (f[0].parse()?, f[1].parse()?, f[2].parse()?, f[3].parse()?, f[4].parse()?);
+        let (sb, stays, stays_pid, dies, dies_pid): (
+            SandboxId,
+            ContainerId,
+            i32,
+            ContainerId,
+            i32,
+        ) = (f[0].parse()?, f[1].parse()?, f[2].parse()?, f[3].parse()?, f[4].parse()?);
         // kill -9 the agent; then one container dies while nobody watches.
         child.kill()?;
         child.wait()?;
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(dies_pid), nix::sys::signal::Signal::SIGKILL)?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(dies_pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )?;
 
         let (cfg, cgroup_base) = runtime_config(dir.path(), &base)?;
         let rt = ShimRuntime::new(cfg.clone(), Arc::new(NoNetwork)).await?;
@@ -564,7 +645,11 @@ fn restarted_runtime_readopts_running_containers() {
         assert_eq!(st.pid, Some(stays_pid), "the running container was not restarted");
         assert!(Path::new(&format!("/proc/{stays_pid}")).exists());
         let st = env.wait_exit(&mut ev, &dies).await?;
-        assert_eq!((st.exit_code, st.signal), (Some(137), Some(9)), "the exit during the outage was recorded");
+        assert_eq!(
+            (st.exit_code, st.signal),
+            (Some(137), Some(9)),
+            "the exit during the outage was recorded"
+        );
         let all = rt.list_containers(Some(&sb)).await?;
         assert_eq!(all.len(), 2);
         // The new runtime drives the old sandbox normally.
@@ -573,5 +658,5 @@ fn restarted_runtime_readopts_running_containers() {
         let _ = &env.cfg;
         Ok(())
     })
-    .unwrap();
+    .expect("test body failed");
 }

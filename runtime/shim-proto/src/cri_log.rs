@@ -67,7 +67,8 @@ pub struct ParseError {
 
 /// Parses one record (with or without its trailing newline).
 pub fn parse_line(line: &[u8]) -> Result<LogEntry, ParseError> {
-    let err = || ParseError { line: String::from_utf8_lossy(&line[..line.len().min(120)]).into_owned() };
+    let err =
+        || ParseError { line: String::from_utf8_lossy(&line[..line.len().min(120)]).into_owned() };
     let line = line.strip_suffix(b"\n").unwrap_or(line);
     let mut parts = line.splitn(4, |&b| b == b' ');
     let ts = parts.next().ok_or_else(err)?;
@@ -243,6 +244,7 @@ impl LogWriter {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
 
@@ -324,7 +326,10 @@ mod tests {
         assert_eq!(out, b"2026-11-22T02:30:00.123456789Z stderr P a b  c\n");
         let e = parse_line(&out).unwrap();
         assert_eq!(e.timestamp.timestamp_subsec_nanos(), 123_456_789);
-        assert_eq!((e.stream, e.partial, e.content.as_slice()), (Stream::Stderr, true, &b"a b  c"[..]));
+        assert_eq!(
+            (e.stream, e.partial, e.content.as_slice()),
+            (Stream::Stderr, true, &b"a b  c"[..])
+        );
         assert!(parse_line(b"yesterday stdout F x").is_err());
         assert!(parse_line(b"2026-11-22T02:30:00Z stdin F x").is_err());
     }

@@ -296,6 +296,7 @@ pub fn take_lines(buf: &mut Vec<u8>) -> Vec<Vec<u8>> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
 
@@ -332,7 +333,10 @@ mod tests {
     #[test]
     fn wire_names_are_stable() {
         // These strings are the protocol: changing them needs a new PROTOCOL_VERSION.
-        assert_eq!(encode(&Request::Start { id: "a".into() }), b"{\"op\":\"start\",\"id\":\"a\"}\n");
+        assert_eq!(
+            encode(&Request::Start { id: "a".into() }),
+            b"{\"op\":\"start\",\"id\":\"a\"}\n"
+        );
         assert_eq!(encode(&Response::Created { pid: 7 }), b"{\"result\":\"created\",\"pid\":7}\n");
         assert_eq!(encode(&Hello { protocol: 1 }), b"{\"protocol\":1}\n");
     }

@@ -149,29 +149,34 @@ pub fn write_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), StateErr
 
 /// Reads a state file, refusing versions this release cannot read.
 pub fn read<T: Versioned + for<'de> Deserialize<'de>>(path: &Path) -> Result<T, StateError> {
-    let data = fs::read(path).map_err(|source| StateError::Io { op: "read", path: path.to_owned(), source })?;
+    let data = fs::read(path).map_err(|source| StateError::Io {
+        op: "read",
+        path: path.to_owned(),
+        source,
+    })?;
     #[derive(Deserialize)]
     struct V {
         version: u32,
     }
-    let v: V = serde_json::from_slice(&data).map_err(|source| StateError::Parse { path: path.to_owned(), source })?;
+    let v: V = serde_json::from_slice(&data)
+        .map_err(|source| StateError::Parse { path: path.to_owned(), source })?;
     if v.version != STATE_VERSION {
         return Err(StateError::Version { path: path.to_owned(), version: v.version });
     }
-    let value: T = serde_json::from_slice(&data).map_err(|source| StateError::Parse { path: path.to_owned(), source })?;
+    let value: T = serde_json::from_slice(&data)
+        .map_err(|source| StateError::Parse { path: path.to_owned(), source })?;
     debug_assert_eq!(value.version(), STATE_VERSION);
     Ok(value)
 }
 
 /// Nanoseconds since the Unix epoch, now.
 pub fn now_ns() -> i64 {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
 
@@ -184,7 +189,12 @@ mod tests {
             pid: Some(42),
             created_at_ns: 1,
             started_at_ns: Some(2),
-            exit: Some(ExitStatus { code: 137, signal: Some(9), oom_killed: true, finished_at_ns: 3 }),
+            exit: Some(ExitStatus {
+                code: 137,
+                signal: Some(9),
+                oom_killed: true,
+                finished_at_ns: 3,
+            }),
             log_path: "/l".into(),
             tty: false,
             stdin: false,
@@ -199,7 +209,8 @@ mod tests {
         write_atomic(&p, &sample()).unwrap();
         let back: ContainerState = read(&p).unwrap();
         assert_eq!(back, sample());
-        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> =
+            fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("c1.json")]);
     }
 

@@ -52,7 +52,12 @@ pub struct Stdio {
 }
 
 /// Forks a child for `job`. Returns its pid and the shim's end of its result socket.
-pub fn spawn(job: Job, stdio: Stdio, root: &Path, cgroup2_over: Option<&Path>) -> std::io::Result<(Pid, UnixStream)> {
+pub fn spawn(
+    job: Job,
+    stdio: Stdio,
+    root: &Path,
+    cgroup2_over: Option<&Path>,
+) -> std::io::Result<(Pid, UnixStream)> {
     let (ours, theirs) = UnixStream::pair()?;
     // The console listener is bound before the fork so the socket file exists when
     // libcontainer connects; only the child keeps it.
@@ -115,9 +120,11 @@ fn run(
 ) -> Result<(i32, Option<OwnedFd>), String> {
     SigSet::all().thread_unblock().map_err(|e| format!("unblock signals: {e}"))?;
     // SAFETY: restoring the default disposition installs no handler.
-    unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) }.map_err(|e| format!("reset SIGPIPE: {e}"))?;
+    unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) }
+        .map_err(|e| format!("reset SIGPIPE: {e}"))?;
     if let Some(src) = cgroup2_over {
-        crate::sys::cgroup2_over_sys_fs_cgroup(src).map_err(|e| format!("show {} as /sys/fs/cgroup: {e}", src.display()))?;
+        crate::sys::cgroup2_over_sys_fs_cgroup(src)
+            .map_err(|e| format!("show {} as /sys/fs/cgroup: {e}", src.display()))?;
     }
     let id = match &job {
         Job::Create { id, .. } => id.clone(),
@@ -158,7 +165,8 @@ fn run(
         Some(l) => {
             let (conn, _) = l.accept().map_err(|e| format!("accept console connection: {e}"))?;
             let mut buf = [0u8; 64];
-            let (_, fds) = fdpass::recv_with_fds(conn.as_fd(), &mut buf).map_err(|e| format!("receive PTY master: {e}"))?;
+            let (_, fds) = fdpass::recv_with_fds(conn.as_fd(), &mut buf)
+                .map_err(|e| format!("receive PTY master: {e}"))?;
             Some(fds.into_iter().next().ok_or("no PTY master received")?)
         }
         None => None,

@@ -34,7 +34,11 @@ const READY_FD: i32 = 3;
 fn main() {
     let arg = std::env::args().nth(1).unwrap_or_default();
     if arg == "--version" {
-        println!("keelson-shim {} protocol {}", env!("CARGO_PKG_VERSION"), keelson_shim_proto::PROTOCOL_VERSION);
+        println!(
+            "keelson-shim {} protocol {}",
+            env!("CARGO_PKG_VERSION"),
+            keelson_shim_proto::PROTOCOL_VERSION
+        );
         return;
     }
     // SAFETY: descriptor 3 is the readiness pipe the runtime passed us (documented contract);
@@ -97,9 +101,11 @@ fn setup(cfg: &ShimConfig) -> Result<(UnixListener, bool)> {
     }
     let mut pinned = false;
     if let Some(path) = &cfg.netns_path {
-        nix::unistd::sethostname(&cfg.hostname).with_context(|| format!("set hostname {:?}", cfg.hostname))?;
+        nix::unistd::sethostname(&cfg.hostname)
+            .with_context(|| format!("set hostname {:?}", cfg.hostname))?;
         sys::loopback_up().context("bring up loopback")?;
-        sys::pin_netns(path).with_context(|| format!("pin network namespace at {}", path.display()))?;
+        sys::pin_netns(path)
+            .with_context(|| format!("pin network namespace at {}", path.display()))?;
         pinned = true;
     }
 
@@ -113,9 +119,12 @@ fn setup(cfg: &ShimConfig) -> Result<(UnixListener, bool)> {
     match fs::remove_file(&cfg.socket) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("remove stale socket {}", cfg.socket.display())),
+        Err(e) => {
+            return Err(e).with_context(|| format!("remove stale socket {}", cfg.socket.display()))
+        }
     }
-    let listener = UnixListener::bind(&cfg.socket).with_context(|| format!("listen on {}", cfg.socket.display()))?;
+    let listener = UnixListener::bind(&cfg.socket)
+        .with_context(|| format!("listen on {}", cfg.socket.display()))?;
     listener.set_nonblocking(true).context("non-blocking listener")?;
     let st = ShimState {
         version: STATE_VERSION,
@@ -131,7 +140,8 @@ fn setup(cfg: &ShimConfig) -> Result<(UnixListener, bool)> {
 
 /// stdin and stdout to /dev/null, stderr to the diagnostics file (or /dev/null).
 fn redirect_stdio(log: Option<&Path>) -> Result<()> {
-    let null = OpenOptions::new().read(true).write(true).open("/dev/null").context("open /dev/null")?;
+    let null =
+        OpenOptions::new().read(true).write(true).open("/dev/null").context("open /dev/null")?;
     let err = match log {
         Some(p) => OpenOptions::new()
             .create(true)

@@ -21,8 +21,8 @@ use std::time::Duration;
 use keelson_shim_proto::cri_log::{LogWriter, Stream};
 use keelson_shim_proto::state::{self, ContainerState, ContainerStatus, ExitStatus, STATE_VERSION};
 use keelson_shim_proto::{
-    check_version, decode, encode, fdpass, CreateRequest, Event, ExecRequest, Hello, HelloReply, Request,
-    Response, ShimConfig, PROTOCOL_VERSION,
+    check_version, decode, encode, fdpass, CreateRequest, Event, ExecRequest, Hello, HelloReply,
+    Request, Response, ShimConfig, PROTOCOL_VERSION,
 };
 use nix::errno::Errno;
 use nix::sys::signal::{kill, SigSet, Signal};
@@ -118,7 +118,9 @@ pub struct Server {
 fn decode_status(ws: WaitStatus) -> Option<(i32, i32, Option<i32>)> {
     match ws {
         WaitStatus::Exited(pid, code) => Some((pid.as_raw(), code, None)),
-        WaitStatus::Signaled(pid, sig, _) => Some((pid.as_raw(), 128 + sig as i32, Some(sig as i32))),
+        WaitStatus::Signaled(pid, sig, _) => {
+            Some((pid.as_raw(), 128 + sig as i32, Some(sig as i32)))
+        }
         _ => None,
     }
 }
@@ -222,7 +224,8 @@ impl Server {
         loop {
             match self.listener.accept() {
                 Ok((sock, _)) => {
-                    if sock.set_nonblocking(false).is_err() || sock.set_write_timeout(Some(Duration::from_secs(2))).is_err()
+                    if sock.set_nonblocking(false).is_err()
+                        || sock.set_write_timeout(Some(Duration::from_secs(2))).is_err()
                     {
                         continue;
                     }
@@ -281,7 +284,10 @@ impl Server {
             let rest = c.rbuf.split_off(pos + 1);
             let line = std::mem::replace(&mut c.rbuf, rest);
             if !c.hello {
-                match decode::<Hello>(&line).map_err(|e| e.to_string()).and_then(|h| check_version(h.protocol).map_err(|e| e.to_string())) {
+                match decode::<Hello>(&line)
+                    .map_err(|e| e.to_string())
+                    .and_then(|h| check_version(h.protocol).map_err(|e| e.to_string()))
+                {
                     Ok(()) => {
                         c.hello = true;
                         let reply = HelloReply {
@@ -385,7 +391,8 @@ impl Server {
             },
             Request::Resize { id, cols, rows } => {
                 let r = match self.containers.get(&id).and_then(|c| c.master.as_ref()) {
-                    Some(m) => sys::set_winsize(m.as_fd(), cols, rows).map_err(|e| format!("resize terminal of {id}: {e}")),
+                    Some(m) => sys::set_winsize(m.as_fd(), cols, rows)
+                        .map_err(|e| format!("resize terminal of {id}: {e}")),
                     None => Err(format!("container {id} has no terminal")),
                 };
                 match r {
@@ -466,7 +473,16 @@ impl Server {
                 stdin: r.stdin,
                 cgroup_dir: r.cgroup_dir.clone(),
             };
-            let c = Container { state, stdin, out, err, master: None, log, attachers: Vec::new(), waiters: Vec::new() };
+            let c = Container {
+                state,
+                stdin,
+                out,
+                err,
+                master: None,
+                log,
+                attachers: Vec::new(),
+                waiters: Vec::new(),
+            };
             Ok((c, stdio))
         })();
         match res {
@@ -484,7 +500,9 @@ impl Server {
     fn exec(&mut self, conn: u64, r: ExecRequest) {
         match self.containers.get(&r.container_id) {
             Some(c) if c.state.status == ContainerStatus::Running => {}
-            Some(_) => return self.err(conn, format!("container {} is not running", r.container_id)),
+            Some(_) => {
+                return self.err(conn, format!("container {} is not running", r.container_id))
+            }
             None => return self.err(conn, format!("no container {}", r.container_id)),
         }
         if self.execs.contains_key(&r.exec_id) {
@@ -498,7 +516,8 @@ impl Server {
             let need = 2 + usize::from(r.stdin);
             let have = c.fds.len();
             if have < need {
-                return self.err(conn, format!("exec {} needs {need} descriptors, got {have}", r.exec_id));
+                return self
+                    .err(conn, format!("exec {} needs {need} descriptors, got {have}", r.exec_id));
             }
             if r.stdin {
                 stdio.stdin = c.fds.pop_front();
@@ -508,7 +527,12 @@ impl Server {
         }
         self.execs.insert(
             r.exec_id.clone(),
-            ExecProc { container_id: r.container_id.clone(), pid: None, exit: None, waiters: Vec::new() },
+            ExecProc {
+                container_id: r.container_id.clone(),
+                pid: None,
+                exit: None,
+                waiters: Vec::new(),
+            },
         );
         let job = Job::Exec { container_id: r.container_id, process_path: r.process_path };
         self.queue.push_back(QueuedJob { conn, kind: JobKind::Exec(r.exec_id, r.tty), job, stdio });
@@ -522,7 +546,8 @@ impl Server {
             let over = self.cfg.cgroup2_mount_over.clone();
             match child::spawn(q.job, q.stdio, &self.cfg.libcontainer_root, over.as_deref()) {
                 Ok((pid, sock)) => {
-                    self.running = Some(RunningJob { pid: pid.as_raw(), sock, conn: q.conn, kind: q.kind });
+                    self.running =
+                        Some(RunningJob { pid: pid.as_raw(), sock, conn: q.conn, kind: q.kind });
                 }
                 Err(e) => self.job_failed(q.conn, q.kind, format!("fork libcontainer child: {e}")),
             }
@@ -585,7 +610,8 @@ impl Server {
                     e.pid = Some(pid);
                 }
                 self.owners.insert(pid, Owner::Exec(eid));
-                let master: Vec<OwnedFd> = if tty { fds.into_iter().take(1).collect() } else { Vec::new() };
+                let master: Vec<OwnedFd> =
+                    if tty { fds.into_iter().take(1).collect() } else { Vec::new() };
                 self.complete(job.conn, Response::Exec { pid }, master);
             }
         }
@@ -601,7 +627,8 @@ impl Server {
             return Err(format!("container {id} is not created"));
         }
         let root = self.cfg.libcontainer_root.join(id);
-        let mut lc = libcontainer::container::Container::load(root).map_err(|e| format!("load container {id}: {e}"))?;
+        let mut lc = libcontainer::container::Container::load(root)
+            .map_err(|e| format!("load container {id}: {e}"))?;
         lc.start().map_err(|e| format!("start container {id}: {e}"))?;
         let pid = {
             let c = self.containers.get_mut(id).expect("checked above");
@@ -728,7 +755,12 @@ impl Server {
                     drain(c, Stream::Stderr, true);
                 }
                 let oom = c.state.cgroup_dir.as_deref().map(sys::oom_kills).unwrap_or(0) > 0;
-                let exit = ExitStatus { code, signal: sig, oom_killed: oom, finished_at_ns: state::now_ns() };
+                let exit = ExitStatus {
+                    code,
+                    signal: sig,
+                    oom_killed: oom,
+                    finished_at_ns: state::now_ns(),
+                };
                 c.state.status = ContainerStatus::Exited;
                 c.state.exit = Some(exit);
                 c.stdin = None;
@@ -745,7 +777,12 @@ impl Server {
             }
             Owner::Exec(eid) => {
                 let Some(e) = self.execs.get_mut(&eid) else { return };
-                let exit = ExitStatus { code, signal: sig, oom_killed: false, finished_at_ns: state::now_ns() };
+                let exit = ExitStatus {
+                    code,
+                    signal: sig,
+                    oom_killed: false,
+                    finished_at_ns: state::now_ns(),
+                };
                 e.exit = Some(exit);
                 let waiters = std::mem::take(&mut e.waiters);
                 let cid = e.container_id.clone();

@@ -47,7 +47,8 @@ pub fn pin_netns(path: &Path) -> io::Result<()> {
         fs::create_dir_all(dir)?;
     }
     fs::OpenOptions::new().create(true).write(true).truncate(false).open(path)?;
-    mount(Some("/proc/self/ns/net"), path, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(io::Error::from)
+    mount(Some("/proc/self/ns/net"), path, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .map_err(io::Error::from)
 }
 
 /// Undoes [`pin_netns`].

@@ -9,7 +9,10 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
-use keelson_shim_proto::{check_version, decode, encode, fdpass, Event, Hello, HelloReply, Request, Response, PROTOCOL_VERSION};
+use keelson_shim_proto::{
+    check_version, decode, encode, fdpass, Event, Hello, HelloReply, Request, Response,
+    PROTOCOL_VERSION,
+};
 use tokio::io::Interest;
 use tokio::net::UnixStream;
 
@@ -40,17 +43,21 @@ impl ShimClient {
     /// Connects and sends the hello line, plus `first` (a request line) in the same message.
     async fn open(&self, first: (&Request, &[BorrowedFd<'_>]), op: &'static str) -> Result<Conn> {
         let stream = UnixStream::connect(&self.socket).await.map_err(self.io(op))?;
-        let mut c = Conn { stream, sandbox: self.sandbox.clone(), rbuf: Vec::new(), fds: VecDeque::new() };
+        let mut c =
+            Conn { stream, sandbox: self.sandbox.clone(), rbuf: Vec::new(), fds: VecDeque::new() };
         let mut data = encode(&Hello { protocol: PROTOCOL_VERSION });
         let (req, fds) = first;
         data.extend(encode(req));
         c.send(&data, fds).await.map_err(self.io(op))?;
         let line = c.recv_line().await.map_err(self.io(op))?;
         match decode::<HelloReply>(&line) {
-            Ok(h) => check_version(h.protocol).map_err(|source| Error::Protocol { sandbox: self.sandbox.clone(), source })?,
+            Ok(h) => check_version(h.protocol)
+                .map_err(|source| Error::Protocol { sandbox: self.sandbox.clone(), source })?,
             Err(source) => {
                 return Err(match decode::<Response>(&line) {
-                    Ok(Response::Error { message }) => Error::Shim { sandbox: self.sandbox.clone(), op, message },
+                    Ok(Response::Error { message }) => {
+                        Error::Shim { sandbox: self.sandbox.clone(), op, message }
+                    }
                     _ => Error::Protocol { sandbox: self.sandbox.clone(), source },
                 })
             }
@@ -60,7 +67,12 @@ impl ShimClient {
 
     /// One request, with descriptors; returns the response and the descriptors that came
     /// with it. A [`Response::Error`] becomes [`Error::Shim`].
-    pub async fn call(&self, op: &'static str, req: &Request, fds: &[BorrowedFd<'_>]) -> Result<(Response, Vec<OwnedFd>)> {
+    pub async fn call(
+        &self,
+        op: &'static str,
+        req: &Request,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(Response, Vec<OwnedFd>)> {
         let mut c = self.open((req, fds), op).await?;
         c.response(op).await
     }
@@ -112,10 +124,15 @@ impl Conn {
             let mut buf = [0u8; 8192];
             let stream = &self.stream;
             let (n, fds) = stream
-                .async_io(Interest::READABLE, || fdpass::recv_with_fds(stream.as_fd(), &mut buf).map_err(io::Error::from))
+                .async_io(Interest::READABLE, || {
+                    fdpass::recv_with_fds(stream.as_fd(), &mut buf).map_err(io::Error::from)
+                })
                 .await?;
             if n == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "shim closed the connection"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "shim closed the connection",
+                ));
             }
             self.rbuf.extend_from_slice(&buf[..n]);
             self.fds.extend(fds);
@@ -124,14 +141,18 @@ impl Conn {
 
     /// Reads one response and the descriptors that came with it.
     pub async fn response(&mut self, op: &'static str) -> Result<(Response, Vec<OwnedFd>)> {
-        let line = self
-            .recv_line()
-            .await
-            .map_err(|source| Error::ShimIo { sandbox: self.sandbox.clone(), op, source })?;
-        let resp: Response = decode(&line).map_err(|source| Error::Protocol { sandbox: self.sandbox.clone(), source })?;
+        let line = self.recv_line().await.map_err(|source| Error::ShimIo {
+            sandbox: self.sandbox.clone(),
+            op,
+            source,
+        })?;
+        let resp: Response = decode(&line)
+            .map_err(|source| Error::Protocol { sandbox: self.sandbox.clone(), source })?;
         let fds = self.fds.drain(..).collect();
         match resp {
-            Response::Error { message } => Err(Error::Shim { sandbox: self.sandbox.clone(), op, message }),
+            Response::Error { message } => {
+                Err(Error::Shim { sandbox: self.sandbox.clone(), op, message })
+            }
             r => Ok((r, fds)),
         }
     }
@@ -139,9 +160,18 @@ impl Conn {
     /// The next event of a subscription; `None` when the shim closed it.
     pub async fn next_event(&mut self) -> Result<Option<Event>> {
         match self.recv_line().await {
-            Ok(line) => decode(&line).map(Some).map_err(|source| Error::Protocol { sandbox: self.sandbox.clone(), source }),
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof || e.kind() == io::ErrorKind::ConnectionReset => Ok(None),
-            Err(source) => Err(Error::ShimIo { sandbox: self.sandbox.clone(), op: "read event", source }),
+            Ok(line) => decode(&line)
+                .map(Some)
+                .map_err(|source| Error::Protocol { sandbox: self.sandbox.clone(), source }),
+            Err(e)
+                if e.kind() == io::ErrorKind::UnexpectedEof
+                    || e.kind() == io::ErrorKind::ConnectionReset =>
+            {
+                Ok(None)
+            }
+            Err(source) => {
+                Err(Error::ShimIo { sandbox: self.sandbox.clone(), op: "read event", source })
+            }
         }
     }
 }

@@ -71,7 +71,10 @@ pub(crate) fn follow(
             return;
         }
     };
-    if let Err(e) = ino.add_watch(&dir, AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_FROM) {
+    if let Err(e) = ino.add_watch(
+        &dir,
+        AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_FROM,
+    ) {
         let _ = tx.blocking_send(Err(log_err(&dir)(e.into())));
         return;
     }
@@ -122,7 +125,11 @@ pub(crate) fn follow(
         }
         // Wait for a change (or a timeout to re-check `done`, which the exit may have set
         // without writing anything).
-        let mut pfd = libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(&ino)), events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(&ino)),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: one valid pollfd for the duration of the call.
         unsafe { libc::poll(&mut pfd, 1, 250) };
         let _ = ino.read_events();
@@ -130,6 +137,7 @@ pub(crate) fn follow(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
     use keelson_shim_proto::cri_log::{LogWriter, Stream};
@@ -161,7 +169,9 @@ mod tests {
         let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let d2 = done.clone();
         let pp = p.clone();
-        let h = std::thread::spawn(move || follow(pp, off, tx, move || d2.load(std::sync::atomic::Ordering::SeqCst)));
+        let h = std::thread::spawn(move || {
+            follow(pp, off, tx, move || d2.load(std::sync::atomic::Ordering::SeqCst))
+        });
         w.write(Stream::Stderr, b"second\n").unwrap();
         let e = rx.blocking_recv().unwrap().unwrap();
         assert_eq!((e.stream, e.content.as_slice()), (Stream::Stderr, &b"second"[..]));

@@ -30,7 +30,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
-use keelson_shim_proto::state::{ContainerState as ShimContainerState, ContainerStatus as ShimStatus};
+use keelson_shim_proto::state::{
+    ContainerState as ShimContainerState, ContainerStatus as ShimStatus,
+};
 use keelson_shim_proto::{CreateRequest, Event, ExecRequest, Request, Response, ShimConfig};
 use tokio::sync::broadcast;
 
@@ -74,7 +76,11 @@ pub struct CgroupConfig {
 impl RuntimeConfig {
     /// The production layout, with the shim found next to the current executable.
     pub fn system() -> Result<Self> {
-        let exe = std::env::current_exe().map_err(|source| Error::Io { op: "find current executable", path: PathBuf::new(), source })?;
+        let exe = std::env::current_exe().map_err(|source| Error::Io {
+            op: "find current executable",
+            path: PathBuf::new(),
+            source,
+        })?;
         let shim_path = exe.with_file_name("keelson-shim");
         let setup = crate::cgroup::detect_host()?;
         Ok(Self {
@@ -239,21 +245,31 @@ impl ShimRuntime {
                         if let Some(s) = lock(&inner.sandboxes).get_mut(&sandbox) {
                             s.ready = false;
                         }
-                        let _ = inner.events.send(RuntimeEvent::SandboxNotReady { id: sandbox.clone() });
+                        let _ = inner
+                            .events
+                            .send(RuntimeEvent::SandboxNotReady { id: sandbox.clone() });
                         return;
                     }
                 };
                 let cid = |s: &str| ContainerId::new(s).ok();
                 let out = match ev {
-                    Event::Started { id, pid } => {
-                        cid(&id).map(|id| RuntimeEvent::ContainerStarted { id, sandbox: sandbox.clone(), pid })
-                    }
-                    Event::Exited { id, exit } => cid(&id).map(|id| RuntimeEvent::ContainerExited {
-                        id,
-                        sandbox: sandbox.clone(),
-                        exit: ExitInfo { code: exit.code, signal: exit.signal, oom_killed: exit.oom_killed },
+                    Event::Started { id, pid } => cid(&id).map(|id| {
+                        RuntimeEvent::ContainerStarted { id, sandbox: sandbox.clone(), pid }
                     }),
-                    Event::OomKilled { id } => cid(&id).map(|id| RuntimeEvent::ContainerOomKilled { id, sandbox: sandbox.clone() }),
+                    Event::Exited { id, exit } => {
+                        cid(&id).map(|id| RuntimeEvent::ContainerExited {
+                            id,
+                            sandbox: sandbox.clone(),
+                            exit: ExitInfo {
+                                code: exit.code,
+                                signal: exit.signal,
+                                oom_killed: exit.oom_killed,
+                            },
+                        })
+                    }
+                    Event::OomKilled { id } => cid(&id).map(|id| {
+                        RuntimeEvent::ContainerOomKilled { id, sandbox: sandbox.clone() }
+                    }),
                     Event::ExecExited { .. } => None,
                 };
                 if let Some(out) = out {
@@ -280,7 +296,10 @@ impl ShimRuntime {
     }
 
     fn container(&self, id: &ContainerId) -> Result<ContainerRecord> {
-        lock(&self.inner.containers).get(id).cloned().ok_or_else(|| Error::ContainerNotFound(id.clone()))
+        lock(&self.inner.containers)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::ContainerNotFound(id.clone()))
     }
 
     fn container_client(&self, id: &ContainerId) -> Result<(ContainerRecord, ShimClient)> {
@@ -297,7 +316,8 @@ impl ShimRuntime {
     fn spawn_shim(&self, id: &SandboxId, cfg: &ShimConfig) -> Result<i32> {
         let fail = |message: String| Error::ShimStart { sandbox: id.clone(), message };
         let json = serde_json::to_string(cfg).expect("shim configs always serialize");
-        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| fail(format!("pipe: {e}")))?;
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| fail(format!("pipe: {e}")))?;
         let wfd = w.as_raw_fd();
         let mut cmd = std::process::Command::new(&self.inner.cfg.shim_path);
         cmd.arg(json)
@@ -313,11 +333,15 @@ impl ShimRuntime {
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().map_err(|e| fail(format!("spawn {}: {e}", self.inner.cfg.shim_path.display())))?;
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| fail(format!("spawn {}: {e}", self.inner.cfg.shim_path.display())))?;
         drop(w);
         let status = child.wait().map_err(|e| fail(format!("wait: {e}")))?;
         let mut line = String::new();
-        std::fs::File::from(r).read_to_string(&mut line).map_err(|e| fail(format!("read readiness: {e}")))?;
+        std::fs::File::from(r)
+            .read_to_string(&mut line)
+            .map_err(|e| fail(format!("read readiness: {e}")))?;
         let line = line.trim();
         match line.strip_prefix("ok ").and_then(|p| p.parse::<i32>().ok()) {
             Some(pid) => Ok(pid),
@@ -367,7 +391,11 @@ impl ShimRuntime {
         }
     }
 
-    async fn shim_state(&self, client: &ShimClient, id: &ContainerId) -> Result<ShimContainerState> {
+    async fn shim_state(
+        &self,
+        client: &ShimClient,
+        id: &ContainerId,
+    ) -> Result<ShimContainerState> {
         match client.call("state", &Request::State { id: id.to_string() }, &[]).await?.0 {
             Response::State(s) => Ok(s),
             other => Err(unexpected(&client.sandbox, "state", &other)),
@@ -392,7 +420,8 @@ impl ShimRuntime {
     fn write_etc_files(dir: &Path, hostname: &str, ips: &[std::net::IpAddr]) -> Result<()> {
         let hn = dir.join("hostname");
         std::fs::write(&hn, format!("{hostname}\n")).map_err(io_err("write", &hn))?;
-        let mut hosts = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+        let mut hosts =
+            String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
         for ip in ips {
             hosts.push_str(&format!("{ip}\t{hostname}\n"));
         }
@@ -401,7 +430,12 @@ impl ShimRuntime {
         Ok(())
     }
 
-    async fn create_sandbox_inner(&self, id: &SandboxId, config: &SandboxConfig, dir: &Path) -> Result<SandboxInfo> {
+    async fn create_sandbox_inner(
+        &self,
+        id: &SandboxId,
+        config: &SandboxConfig,
+        dir: &Path,
+    ) -> Result<SandboxInfo> {
         let host_net = config.host_namespaces.network;
         let netns_path = (!host_net).then(|| self.inner.cfg.netns_dir.join(id.as_str()));
         let (cgroup_path, limits, shim_cgroup) = match &self.inner.cfg.cgroup {
@@ -413,7 +447,14 @@ impl ShimRuntime {
                 })?;
                 let fs = RealCgroupFs::new(root);
                 let limits = cg.setup.limits_enabled(&fs);
-                let pod = PodCgroup::create(&fs, &cg.layout, config.qos, &config.pod.uid, limits, &config.resources)?;
+                let pod = PodCgroup::create(
+                    &fs,
+                    &cg.layout,
+                    config.qos,
+                    &config.pod.uid,
+                    limits,
+                    &config.resources,
+                )?;
                 (Some(pod.path.clone()), limits, Some(root.join(pod.shim())))
             }
             None => (None, false, None),
@@ -432,7 +473,9 @@ impl ShimRuntime {
                 Some("shm"),
                 &p,
                 Some("tmpfs"),
-                nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV | nix::mount::MsFlags::MS_NOEXEC,
+                nix::mount::MsFlags::MS_NOSUID
+                    | nix::mount::MsFlags::MS_NODEV
+                    | nix::mount::MsFlags::MS_NOEXEC,
                 Some("mode=1777,size=65536k"),
             )
             .map_err(|e| io_err("mount tmpfs on", &p)(e.into()))?;
@@ -452,9 +495,10 @@ impl ShimRuntime {
         };
         let this = self.clone();
         let (id2, cfg2) = (id.clone(), shim_cfg.clone());
-        let shim_pid = tokio::task::spawn_blocking(move || this.spawn_shim(&id2, &cfg2))
-            .await
-            .map_err(|e| Error::ShimStart { sandbox: id.clone(), message: format!("spawn task: {e}") })??;
+        let shim_pid =
+            tokio::task::spawn_blocking(move || this.spawn_shim(&id2, &cfg2)).await.map_err(
+                |e| Error::ShimStart { sandbox: id.clone(), message: format!("spawn task: {e}") },
+            )??;
         let mut record = SandboxRecord {
             version: records::VERSION,
             id: id.clone(),
@@ -471,7 +515,10 @@ impl ShimRuntime {
         };
         records::write(&records::sandbox_file(dir), &record)?;
         let client = ShimClient { sandbox: id.clone(), socket };
-        lock(&self.inner.sandboxes).insert(id.clone(), Sandbox { record: record.clone(), client: client.clone(), ready: true });
+        lock(&self.inner.sandboxes).insert(
+            id.clone(),
+            Sandbox { record: record.clone(), client: client.clone(), ready: true },
+        );
         self.subscribe(&client).await?;
         if let Some(ns) = &netns_path {
             let ips = self
@@ -506,15 +553,28 @@ impl ShimRuntime {
         let (rootfs, overlay) = match &image.rootfs {
             Rootfs::Directory(p) => (p.clone(), false),
             Rootfs::Overlay { lowerdirs, upperdir, workdir } => {
-                let lower: Vec<String> = lowerdirs.iter().map(|p| p.display().to_string()).collect();
-                let opts = format!("lowerdir={},upperdir={},workdir={}", lower.join(":"), upperdir.display(), workdir.display());
-                nix::mount::mount(Some("overlay"), &rootfs_dir, Some("overlay"), nix::mount::MsFlags::empty(), Some(opts.as_str()))
-                    .map_err(|e| io_err("mount overlay on", &rootfs_dir)(e.into()))?;
+                let lower: Vec<String> =
+                    lowerdirs.iter().map(|p| p.display().to_string()).collect();
+                let opts = format!(
+                    "lowerdir={},upperdir={},workdir={}",
+                    lower.join(":"),
+                    upperdir.display(),
+                    workdir.display()
+                );
+                nix::mount::mount(
+                    Some("overlay"),
+                    &rootfs_dir,
+                    Some("overlay"),
+                    nix::mount::MsFlags::empty(),
+                    Some(opts.as_str()),
+                )
+                .map_err(|e| io_err("mount overlay on", &rootfs_dir)(e.into()))?;
                 (rootfs_dir.clone(), true)
             }
         };
         let sc = &sb.config;
-        let proc_ns = |n: &str| NamespaceMode::Join(PathBuf::from(format!("/proc/{}/ns/{n}", sb.shim_pid)));
+        let proc_ns =
+            |n: &str| NamespaceMode::Join(PathBuf::from(format!("/proc/{}/ns/{n}", sb.shim_pid)));
         let ns = SandboxNamespaces {
             network: match &sb.netns_path {
                 Some(p) => NamespaceMode::Join(p.clone()),
@@ -531,7 +591,10 @@ impl ShimRuntime {
             hostname: Some(sdir.join("hostname")),
             shm: sb.shm.clone(),
         };
-        let pod = sb.cgroup_path.as_ref().map(|p| PodCgroup { path: p.clone(), limits: sb.cgroup_limits });
+        let pod = sb
+            .cgroup_path
+            .as_ref()
+            .map(|p| PodCgroup { path: p.clone(), limits: sb.cgroup_limits });
         let cgroups_path = match &pod {
             Some(p) => p.cgroups_path(cid),
             None => PathBuf::from(format!("/keelson-nocgroup/{cid}")),
@@ -561,12 +624,8 @@ impl ShimRuntime {
             (Some(root), Some(p)) => Some(root.join(p.container(cid))),
             _ => None,
         };
-        let stop_signal = image
-            .config
-            .stop_signal()
-            .as_deref()
-            .and_then(parse_signal)
-            .unwrap_or(libc::SIGTERM);
+        let stop_signal =
+            image.config.stop_signal().as_deref().and_then(parse_signal).unwrap_or(libc::SIGTERM);
         let rec = ContainerRecord {
             version: records::VERSION,
             id: cid.clone(),
@@ -625,15 +684,23 @@ impl Runtime for ShimRuntime {
     async fn stop_sandbox(&self, id: &SandboxId) -> Result<()> {
         let (mut record, client, ready) = self.sandbox(id)?;
         if ready {
-            let ids: Vec<ContainerId> =
-                lock(&self.inner.containers).values().filter(|c| &c.sandbox_id == id).map(|c| c.id.clone()).collect();
+            let ids: Vec<ContainerId> = lock(&self.inner.containers)
+                .values()
+                .filter(|c| &c.sandbox_id == id)
+                .map(|c| c.id.clone())
+                .collect();
             for cid in ids {
                 let st = match self.shim_state(&client, &cid).await {
                     Ok(s) => s,
                     Err(_) => continue,
                 };
                 if st.status != ShimStatus::Exited && st.pid.is_some() {
-                    let _ = client.call_ok("kill", &Request::Kill { id: cid.to_string(), signal: libc::SIGKILL }).await;
+                    let _ = client
+                        .call_ok(
+                            "kill",
+                            &Request::Kill { id: cid.to_string(), signal: libc::SIGKILL },
+                        )
+                        .await;
                     let _ = self.wait_exit(&client, &cid).await;
                 }
             }
@@ -664,8 +731,11 @@ impl Runtime for ShimRuntime {
         if !record.stopped {
             self.stop_sandbox(id).await?;
         }
-        let recs: Vec<ContainerRecord> =
-            lock(&self.inner.containers).values().filter(|c| &c.sandbox_id == id).cloned().collect();
+        let recs: Vec<ContainerRecord> = lock(&self.inner.containers)
+            .values()
+            .filter(|c| &c.sandbox_id == id)
+            .cloned()
+            .collect();
         for rec in &recs {
             self.cleanup_container_files(rec)?;
         }
@@ -710,7 +780,12 @@ impl Runtime for ShimRuntime {
         })
     }
 
-    async fn create_container(&self, sandbox: &SandboxId, config: ContainerConfig, image: ContainerImage) -> Result<ContainerId> {
+    async fn create_container(
+        &self,
+        sandbox: &SandboxId,
+        config: ContainerConfig,
+        image: ContainerImage,
+    ) -> Result<ContainerId> {
         let cid = ContainerId::random();
         let bundle = self.sandbox_dir(sandbox).join("bundles").join(cid.as_str());
         std::fs::create_dir_all(&bundle).map_err(io_err("create", &bundle))?;
@@ -758,7 +833,8 @@ impl Runtime for ShimRuntime {
             tokio::spawn(async move { this.wait_exit(&client, &id).await })
         };
         let signal = if st.status == ShimStatus::Created { libc::SIGKILL } else { rec.stop_signal };
-        if let Err(e) = client.call_ok("kill", &Request::Kill { id: id.to_string(), signal }).await {
+        if let Err(e) = client.call_ok("kill", &Request::Kill { id: id.to_string(), signal }).await
+        {
             // It may have exited meanwhile.
             if self.shim_state(&client, id).await?.status != ShimStatus::Exited {
                 waiter.abort();
@@ -768,14 +844,22 @@ impl Runtime for ShimRuntime {
         let mut waiter = waiter;
         match tokio::time::timeout(options.grace_period, &mut waiter).await {
             Ok(r) => {
-                r.map_err(|e| Error::InvalidState { what: "container", id: id.to_string(), reason: format!("wait task: {e}") })??;
+                r.map_err(|e| Error::InvalidState {
+                    what: "container",
+                    id: id.to_string(),
+                    reason: format!("wait task: {e}"),
+                })??;
             }
             Err(_) => {
                 tracing::debug!(container = %id, "grace period over, SIGKILL");
-                let _ = client.call_ok("kill", &Request::Kill { id: id.to_string(), signal: libc::SIGKILL }).await;
-                waiter
-                    .await
-                    .map_err(|e| Error::InvalidState { what: "container", id: id.to_string(), reason: format!("wait task: {e}") })??;
+                let _ = client
+                    .call_ok("kill", &Request::Kill { id: id.to_string(), signal: libc::SIGKILL })
+                    .await;
+                waiter.await.map_err(|e| Error::InvalidState {
+                    what: "container",
+                    id: id.to_string(),
+                    reason: format!("wait task: {e}"),
+                })??;
             }
         }
         Ok(())
@@ -793,9 +877,15 @@ impl Runtime for ShimRuntime {
             let st = self.shim_state(&client, id).await?;
             if st.status != ShimStatus::Exited && st.pid.is_some() {
                 if st.status == ShimStatus::Running {
-                    return Err(Error::InvalidState { what: "container", id: id.to_string(), reason: "still running".into() });
+                    return Err(Error::InvalidState {
+                        what: "container",
+                        id: id.to_string(),
+                        reason: "still running".into(),
+                    });
                 }
-                client.call_ok("kill", &Request::Kill { id: id.to_string(), signal: libc::SIGKILL }).await?;
+                client
+                    .call_ok("kill", &Request::Kill { id: id.to_string(), signal: libc::SIGKILL })
+                    .await?;
                 self.wait_exit(&client, id).await?;
             }
             client.call_ok("delete", &Request::Delete { id: id.to_string() }).await?;
@@ -827,8 +917,11 @@ impl Runtime for ShimRuntime {
                     other => return Err(unexpected(&sid, "list", &other)),
                 }
             }
-            let recs: Vec<ContainerRecord> =
-                lock(&self.inner.containers).values().filter(|c| c.sandbox_id == sid).cloned().collect();
+            let recs: Vec<ContainerRecord> = lock(&self.inner.containers)
+                .values()
+                .filter(|c| c.sandbox_id == sid)
+                .cloned()
+                .collect();
             for rec in recs {
                 out.push(Self::status_of(&rec, states.get(rec.id.as_str())));
             }
@@ -839,7 +932,11 @@ impl Runtime for ShimRuntime {
     async fn container_stats(&self, id: &ContainerId) -> Result<ContainerStats> {
         let rec = self.container(id)?;
         let (Some(root), Some(dir)) = (self.v2_root(), rec.cgroup_dir.as_ref()) else {
-            return Err(Error::InvalidState { what: "container", id: id.to_string(), reason: "no cgroup".into() });
+            return Err(Error::InvalidState {
+                what: "container",
+                id: id.to_string(),
+                reason: "no cgroup".into(),
+            });
         };
         let rel = dir.strip_prefix(root).unwrap_or(dir);
         let fs = RealCgroupFs::new(root);
@@ -854,11 +951,16 @@ impl Runtime for ShimRuntime {
             .map_err(|e| io_err("read", &cfg_path)(std::io::Error::other(e.to_string())))?;
         let process = spec::build_exec_process(
             &spec,
-            &spec::ExecProcess { args: config.command.clone(), env: config.env.clone(), tty: config.tty },
+            &spec::ExecProcess {
+                args: config.command.clone(),
+                env: config.env.clone(),
+                tty: config.tty,
+            },
         )?;
         let exec_id = format!("{:016x}", rand::random::<u64>());
         let process_path = rec.bundle.join(format!("exec-{exec_id}.json"));
-        let data = serde_json::to_vec(&process).map_err(|e| io_err("encode", &process_path)(e.into()))?;
+        let data =
+            serde_json::to_vec(&process).map_err(|e| io_err("encode", &process_path)(e.into()))?;
         std::fs::write(&process_path, data).map_err(io_err("write", &process_path))?;
         let req = ExecRequest {
             container_id: id.to_string(),
@@ -867,7 +969,10 @@ impl Runtime for ShimRuntime {
             tty: config.tty,
             stdin: config.stdin && !config.tty,
         };
-        let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err("pipe", &process_path)(e.into()));
+        let pipe = || {
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                .map_err(|e| io_err("pipe", &process_path)(e.into()))
+        };
         let mut theirs: Vec<OwnedFd> = Vec::new();
         let (mut stdin, mut stdout, mut stderr) = (None, None, None);
         if !config.tty {
@@ -920,7 +1025,8 @@ impl Runtime for ShimRuntime {
 
     async fn attach(&self, id: &ContainerId) -> Result<AttachSession> {
         let (_, client) = self.container_client(id)?;
-        let (resp, fds) = client.call("attach", &Request::Attach { id: id.to_string() }, &[]).await?;
+        let (resp, fds) =
+            client.call("attach", &Request::Attach { id: id.to_string() }, &[]).await?;
         let Response::Attach { tty, stdin } = resp else {
             return Err(unexpected(&client.sandbox, "attach", &resp));
         };
@@ -934,10 +1040,20 @@ impl Runtime for ShimRuntime {
         }
         let mut it = fds.into_iter();
         let p = PathBuf::from(format!("attach:{id}"));
-        let stdout = stdio::pipe_reader(it.next().expect("counted above")).map_err(io_err("wrap pipe", &p))?;
-        let stderr = if tty { None } else { Some(stdio::pipe_reader(it.next().expect("counted above")).map_err(io_err("wrap pipe", &p))?) };
+        let stdout = stdio::pipe_reader(it.next().expect("counted above"))
+            .map_err(io_err("wrap pipe", &p))?;
+        let stderr = if tty {
+            None
+        } else {
+            Some(
+                stdio::pipe_reader(it.next().expect("counted above"))
+                    .map_err(io_err("wrap pipe", &p))?,
+            )
+        };
         let stdin: Option<Writer> = match it.next() {
-            Some(fd) if tty => Some(Box::pin(stdio::Pty::new(fd).map_err(io_err("wrap terminal", &p))?)),
+            Some(fd) if tty => {
+                Some(Box::pin(stdio::Pty::new(fd).map_err(io_err("wrap terminal", &p))?))
+            }
             Some(fd) => Some(stdio::pipe_writer(fd).map_err(io_err("wrap pipe", &p))?),
             None => None,
         };
@@ -951,7 +1067,9 @@ impl Runtime for ShimRuntime {
             resize: Box::new(move |cols, rows| {
                 let c = resize_client.clone();
                 let id = cid.clone();
-                Box::pin(async move { c.call_ok("resize", &Request::Resize { id, cols, rows }).await })
+                Box::pin(
+                    async move { c.call_ok("resize", &Request::Resize { id, cols, rows }).await },
+                )
             }),
         })
     }
@@ -960,9 +1078,10 @@ impl Runtime for ShimRuntime {
         let rec = self.container(id)?;
         let path = rec.log_path.clone();
         let p2 = path.clone();
-        let (entries, offset) = tokio::task::spawn_blocking(move || logs::read_all(&p2, options.tail))
-            .await
-            .map_err(|e| Error::Log { path: path.clone(), source: std::io::Error::other(e) })??;
+        let (entries, offset) =
+            tokio::task::spawn_blocking(move || logs::read_all(&p2, options.tail)).await.map_err(
+                |e| Error::Log { path: path.clone(), source: std::io::Error::other(e) },
+            )??;
         let head = futures::stream::iter(entries.into_iter().map(Ok));
         if !options.follow {
             return Ok(Box::pin(head));
@@ -983,7 +1102,9 @@ impl Runtime for ShimRuntime {
             });
         }
         let (tx, rx) = tokio::sync::mpsc::channel(256);
-        tokio::task::spawn_blocking(move || logs::follow(path, offset, tx, move || exited.load(std::sync::atomic::Ordering::SeqCst)));
+        tokio::task::spawn_blocking(move || {
+            logs::follow(path, offset, tx, move || exited.load(std::sync::atomic::Ordering::SeqCst))
+        });
         let tail = tokio_stream::wrappers::ReceiverStream::new(rx);
         Ok(Box::pin(head.chain(tail)))
     }
@@ -1005,8 +1126,14 @@ struct ExecCtl {
 impl ExecControl for ExecCtl {
     fn resize(&self, cols: u16, rows: u16) -> Result<()> {
         match &self.pty {
-            Some(p) => p.resize(cols, rows).map_err(io_err("resize terminal of exec", &self.process_path)),
-            None => Err(Error::InvalidState { what: "exec", id: self.exec_id.clone(), reason: "no terminal".into() }),
+            Some(p) => {
+                p.resize(cols, rows).map_err(io_err("resize terminal of exec", &self.process_path))
+            }
+            None => Err(Error::InvalidState {
+                what: "exec",
+                id: self.exec_id.clone(),
+                reason: "no terminal".into(),
+            }),
         }
     }
 
@@ -1014,7 +1141,11 @@ impl ExecControl for ExecCtl {
         if let Some(d) = self.done {
             return Ok(d);
         }
-        let resp = self.client.call("wait_exec", &Request::WaitExec { exec_id: self.exec_id.clone() }, &[]).await?.0;
+        let resp = self
+            .client
+            .call("wait_exec", &Request::WaitExec { exec_id: self.exec_id.clone() }, &[])
+            .await?
+            .0;
         let Response::ExecExited { exit } = resp else {
             return Err(unexpected(&self.client.sandbox, "wait_exec", &resp));
         };

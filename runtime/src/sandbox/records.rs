@@ -68,7 +68,11 @@ pub(crate) fn record_file(dir: &Path, id: &ContainerId) -> PathBuf {
 
 pub(crate) fn write<T: Serialize>(path: &Path, v: &T) -> Result<(), StateError> {
     if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d).map_err(|source| StateError::Io { op: "create dir for", path: path.to_owned(), source })?;
+        std::fs::create_dir_all(d).map_err(|source| StateError::Io {
+            op: "create dir for",
+            path: path.to_owned(),
+            source,
+        })?;
     }
     state::write_atomic(path, v)
 }
@@ -78,7 +82,9 @@ pub(crate) fn read_records(dir: &Path) -> Result<Vec<ContainerRecord>, StateErro
     let rd = match std::fs::read_dir(dir.join("records")) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(StateError::Io { op: "list", path: dir.join("records"), source }),
+        Err(source) => {
+            return Err(StateError::Io { op: "list", path: dir.join("records"), source })
+        }
     };
     let mut out = Vec::new();
     for e in rd.flatten() {
@@ -93,6 +99,7 @@ pub(crate) fn read_records(dir: &Path) -> Result<Vec<ContainerRecord>, StateErro
 pub(crate) const VERSION: u32 = STATE_VERSION;
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
     use crate::config::PodMeta;
