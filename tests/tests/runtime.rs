@@ -660,3 +660,57 @@ fn restarted_runtime_readopts_running_containers() {
     })
     .expect("test body failed");
 }
+
+/// A rough timing aid for the lead's `bench/runtime` (not a benchmark): prints the medians of
+/// sandbox creation (no network) and of create+start+wait+remove of `true` through the full
+/// path (shim, spec generation, logs). Run with `-- --ignored --nocapture timings`.
+#[test]
+#[ignore = "measurement aid, prints timings"]
+fn timings() {
+    require!(Tier::Privileged, need_root());
+    block_on(async {
+        let env = env().await?;
+        let median = |mut v: Vec<Duration>| {
+            v.sort();
+            v[v.len() / 2]
+        };
+        let mut sandbox = Vec::new();
+        let mut sb = None;
+        for i in 0..15 {
+            let t = std::time::Instant::now();
+            let id = env.sandbox(&format!("t{i}")).await?;
+            sandbox.push(t.elapsed());
+            sb = Some(id);
+        }
+        let sb = sb.context("a sandbox")?;
+        let mut ev = env.rt.events();
+        let mut run = Vec::new();
+        let (mut c, mut s, mut w, mut r) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..30 {
+            let t = std::time::Instant::now();
+            let id = env.rt.create_container(&sb, container("true", &["true"]), env.image()).await?;
+            c.push(t.elapsed());
+            let t1 = std::time::Instant::now();
+            env.rt.start_container(&id).await?;
+            s.push(t1.elapsed());
+            let t2 = std::time::Instant::now();
+            env.wait_exit(&mut ev, &id).await?;
+            w.push(t2.elapsed());
+            let t3 = std::time::Instant::now();
+            env.rt.remove_container(&id).await?;
+            r.push(t3.elapsed());
+            run.push(t.elapsed());
+        }
+        println!(
+            "sandbox create (no network): median {:?}\ncontainer create+start+wait+remove of true: median {:?} (create {:?}, start {:?}, wait {:?}, remove {:?})",
+            median(sandbox),
+            median(run),
+            median(c),
+            median(s),
+            median(w),
+            median(r)
+        );
+        Ok(())
+    })
+    .expect("test body failed");
+}

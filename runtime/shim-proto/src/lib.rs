@@ -380,4 +380,8 @@ pub struct ShimConfig {
     pub cgroup2_mount_over: Option<PathBuf>,
     /// A file for the shim's own diagnostics.
     pub log_file: Option<PathBuf>,
+    /// Namespaced sysctls to set in the new namespaces (`net.ipv4.ip_forward` style names;
+    /// the runtime has checked that they belong to a namespace the shim creates).
+    #[serde(default)]
+    pub sysctls: std::collections::BTreeMap<String, String>,
 }

@@ -25,6 +25,7 @@ use keelson_shim_proto::{
     Request, Response, ShimConfig, PROTOCOL_VERSION,
 };
 use nix::errno::Errno;
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -36,6 +37,7 @@ use crate::{diag, sys};
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Token {
     Signal,
+    Inotify,
     Listener,
     Conn(u64),
     Out(String, Stream),
@@ -58,6 +60,8 @@ struct Attacher {
 
 struct Container {
     state: ContainerState,
+    /// `oom_kill` of the container's cgroup when last looked at.
+    oom_kills: u64,
     stdin: Option<OwnedFd>,
     out: Option<OwnedFd>,
     err: Option<OwnedFd>,
@@ -103,6 +107,9 @@ pub struct Server {
     cfg: ShimConfig,
     listener: UnixListener,
     sigfd: SignalFd,
+    /// Watches the containers' `memory.events` (OOM kills while they run).
+    inotify: Option<Inotify>,
+    oom_watches: HashMap<WatchDescriptor, String>,
     netns_pinned: bool,
     conns: BTreeMap<u64, Conn>,
     next_conn: u64,
@@ -142,6 +149,8 @@ impl Server {
             cfg,
             listener,
             sigfd,
+            inotify: Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).ok(),
+            oom_watches: HashMap::new(),
             netns_pinned,
             conns: BTreeMap::new(),
             next_conn: 1,
@@ -171,6 +180,9 @@ impl Server {
             };
             add(Token::Signal, self.sigfd.as_fd().as_raw_fd());
             add(Token::Listener, self.listener.as_raw_fd());
+            if let Some(i) = &self.inotify {
+                add(Token::Inotify, i.as_fd().as_raw_fd());
+            }
             for (id, c) in &self.conns {
                 add(Token::Conn(*id), c.sock.as_raw_fd());
             }
@@ -197,6 +209,7 @@ impl Server {
                 }
                 match t {
                     Token::Signal => self.on_signal(),
+                    Token::Inotify => self.on_inotify(),
                     Token::Listener => self.accept(),
                     Token::Conn(id) => self.on_conn(id),
                     Token::Out(id, s) => self.on_output(&id, s),
@@ -475,6 +488,7 @@ impl Server {
             };
             let c = Container {
                 state,
+                oom_kills: 0,
                 stdin,
                 out,
                 err,
@@ -602,6 +616,7 @@ impl Server {
                     }
                 }
                 self.owners.insert(pid, Owner::Init(id.clone()));
+                self.watch_oom(&id);
                 self.persist(&id);
                 self.complete(job.conn, Response::Created { pid }, vec![]);
             }
@@ -646,9 +661,19 @@ impl Server {
         let (Some(pid), false) = (c.state.pid, c.state.status == ContainerStatus::Exited) else {
             return Err(format!("container {id} is not running"));
         };
-        let sig = Signal::try_from(signal).map_err(|e| format!("signal {signal}: {e}"))?;
-        // The pid is ours until we reap it, so it cannot have been reused.
-        kill(Pid::from_raw(pid), sig).map_err(|e| format!("kill container {id} with {sig}: {e}"))
+        if !(1..=libc::SIGRTMAX()).contains(&signal) {
+            return Err(format!("invalid signal {signal}"));
+        }
+        // The pid is ours until we reap it, so it cannot have been reused. Raw kill(2): nix's
+        // Signal has no real-time signals.
+        // SAFETY: kill(2) with a checked signal number touches no memory.
+        if unsafe { libc::kill(pid, signal) } < 0 {
+            return Err(format!(
+                "kill container {id} with signal {signal}: {}",
+                io::Error::last_os_error()
+            ));
+        }
+        Ok(())
     }
 
     fn delete(&mut self, id: &str) -> Result<(), String> {
@@ -668,6 +693,18 @@ impl Server {
         }
         let _ = std::fs::remove_file(self.state_path(id));
         self.containers.remove(id);
+        if let Some(ino) = &self.inotify {
+            let wds: Vec<WatchDescriptor> = self
+                .oom_watches
+                .iter()
+                .filter(|(_, c)| c.as_str() == id)
+                .map(|(w, _)| *w)
+                .collect();
+            for wd in wds {
+                let _ = ino.rm_watch(wd);
+                self.oom_watches.remove(&wd);
+            }
+        }
         self.execs.retain(|_, e| e.container_id != id);
         Ok(())
     }
@@ -700,6 +737,41 @@ impl Server {
         };
         c.attachers.push(Attacher { out: ow, err });
         Ok((Response::Attach { tty, stdin }, fds))
+    }
+
+    /// Starts watching the container's `memory.events` (present only with the memory
+    /// controller, so not on hybrid hosts).
+    fn watch_oom(&mut self, id: &str) {
+        let (Some(ino), Some(c)) = (&self.inotify, self.containers.get_mut(id)) else { return };
+        let Some(dir) = c.state.cgroup_dir.clone() else { return };
+        let events = dir.join("memory.events");
+        if !events.exists() {
+            return;
+        }
+        c.oom_kills = sys::oom_kills(&dir);
+        match ino.add_watch(&events, AddWatchFlags::IN_MODIFY) {
+            Ok(wd) => {
+                self.oom_watches.insert(wd, id.to_owned());
+            }
+            Err(e) => diag!("watch {}: {e}", events.display()),
+        }
+    }
+
+    fn on_inotify(&mut self) {
+        let Some(ino) = &self.inotify else { return };
+        let Ok(events) = ino.read_events() else { return };
+        let mut ids: Vec<String> =
+            events.iter().filter_map(|e| self.oom_watches.get(&e.wd).cloned()).collect();
+        ids.dedup();
+        for id in ids {
+            let Some(c) = self.containers.get_mut(&id) else { continue };
+            let Some(dir) = &c.state.cgroup_dir else { continue };
+            let now = sys::oom_kills(dir);
+            if now > c.oom_kills {
+                c.oom_kills = now;
+                self.broadcast(&Event::OomKilled { id });
+            }
+        }
     }
 
     fn on_output(&mut self, id: &str, stream: Stream) {
@@ -754,7 +826,10 @@ impl Server {
                 if c.err.is_some() {
                     drain(c, Stream::Stderr, true);
                 }
-                let oom = c.state.cgroup_dir.as_deref().map(sys::oom_kills).unwrap_or(0) > 0;
+                let kills = c.state.cgroup_dir.as_deref().map(sys::oom_kills).unwrap_or(0);
+                let oom = kills > 0;
+                let new_oom = kills > c.oom_kills;
+                c.oom_kills = kills;
                 let exit = ExitStatus {
                     code,
                     signal: sig,
@@ -767,7 +842,7 @@ impl Server {
                 let waiters = std::mem::take(&mut c.waiters);
                 let st = c.state.clone();
                 self.persist(&id);
-                if oom {
+                if new_oom {
                     self.broadcast(&Event::OomKilled { id: id.clone() });
                 }
                 self.broadcast(&Event::Exited { id: id.clone(), exit });
