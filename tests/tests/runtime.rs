@@ -550,6 +550,31 @@ fn containers_have_no_cap_sys_admin() {
     .expect("test body failed");
 }
 
+#[test]
+fn sandbox_sysctls_apply_to_the_pod_and_not_the_host() {
+    require!(Tier::Privileged, need_root());
+    block_on(async {
+        let env = env().await?;
+        let key = "/proc/sys/net/ipv4/ip_unprivileged_port_start";
+        let host_before = std::fs::read_to_string(key)?;
+        let mut p = pod("sysctl");
+        p.sysctls.insert("net.ipv4.ip_unprivileged_port_start".into(), "123".into());
+        let info = env.rt.create_sandbox(p).await?;
+        env.sandboxes.lock().expect("not poisoned").push(info.id.clone());
+        let mut ev = env.rt.events();
+        let id = env.run(&info.id, container("main", &["cat", key])).await?;
+        assert_eq!(env.wait_exit(&mut ev, &id).await?.exit_code, Some(0));
+        assert_eq!(env.log_text(&id).await?, "123\n");
+        assert_eq!(std::fs::read_to_string(key)?, host_before, "the host's value changed");
+        let mut bad = pod("badsysctl");
+        bad.sysctls.insert("kernel.hostname".into(), "x".into());
+        assert!(env.rt.create_sandbox(bad).await.is_err(), "a non-namespaced sysctl was accepted");
+        assert_eq!(env.rt.list_sandboxes().await?.len(), 1, "the refused sandbox left a record");
+        Ok(())
+    })
+    .expect("test body failed");
+}
+
 /// The "agent" of `restarted_runtime_readopts_running_containers`: run in a child process
 /// that the test kills with SIGKILL. Does nothing unless started that way.
 #[test]

@@ -476,6 +476,7 @@ impl ShimRuntime {
         config: &SandboxConfig,
         dir: &Path,
     ) -> Result<SandboxInfo> {
+        check_sandbox_config(id, config)?;
         let host_net = config.host_namespaces.network;
         let netns_path = (!host_net).then(|| self.inner.cfg.netns_dir.join(id.as_str()));
         let (cgroup_path, limits, shim_cgroup) = match &self.inner.cfg.cgroup {
