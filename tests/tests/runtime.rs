@@ -575,6 +575,82 @@ fn sandbox_sysctls_apply_to_the_pod_and_not_the_host() {
     .expect("test body failed");
 }
 
+#[test]
+fn attach_to_a_terminal_container_resizes_it() {
+    require!(Tier::Privileged, need_root());
+    block_on(async {
+        let env = env().await?;
+        let sb = env.sandbox("ttyattach").await?;
+        let mut c = container("main", &["sh", "-c", "read x; stty size; sleep 1000"]);
+        c.tty = true;
+        c.stdin = true;
+        let id = env.run(&sb, c).await?;
+        let mut a = env.rt.attach(&id).await?;
+        assert!(a.tty && a.stderr.is_none());
+        a.resize(90, 30).await?;
+        let mut stdin = a.stdin.take().context("terminal input")?;
+        stdin.write_all(b"go\n").await?;
+        let mut seen = String::new();
+        let mut buf = [0u8; 256];
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while !seen.contains("30 90") {
+                let n = a.stdout.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+            anyhow::Ok(())
+        })
+        .await??;
+        assert!(seen.contains("30 90"), "terminal output: {seen:?}");
+        // The terminal's output is logged as stdout.
+        env.await_line(&id, "30 90\r").await?;
+        Ok(())
+    })
+    .expect("test body failed");
+}
+
+#[test]
+fn overlay_rootfs_is_mounted_for_the_container_and_unmounted_at_removal() {
+    require!(Tier::Privileged, need_root());
+    block_on(async {
+        let env = env().await?;
+        let sb = env.sandbox("overlay").await?;
+        let layer = env.dir.path().join("layer");
+        std::fs::create_dir_all(&layer)?;
+        let image = ContainerImage {
+            rootfs: Rootfs::Overlay {
+                lowerdirs: vec![env.rootfs.clone()],
+                upperdir: layer.join("upper"),
+                workdir: layer.join("work"),
+            },
+            ..env.image()
+        };
+        std::fs::create_dir_all(layer.join("upper"))?;
+        std::fs::create_dir_all(layer.join("work"))?;
+        let mut ev = env.rt.events();
+        let id = env
+            .rt
+            .create_container(
+                &sb,
+                container("main", &["sh", "-c", "echo written > /tmp/file; cat /tmp/file"]),
+                image,
+            )
+            .await?;
+        env.rt.start_container(&id).await?;
+        assert_eq!(env.wait_exit(&mut ev, &id).await?.exit_code, Some(0));
+        assert_eq!(env.log_text(&id).await?, "written\n");
+        assert!(layer.join("upper/tmp/file").exists(), "the write went to the upper layer");
+        assert!(!env.rootfs.join("tmp/file").exists(), "the write reached the lower layer");
+        env.rt.remove_container(&id).await?;
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+        assert!(!mounts.contains(&id.to_string()), "the overlay is still mounted");
+        Ok(())
+    })
+    .expect("test body failed");
+}
+
 /// The "agent" of `restarted_runtime_readopts_running_containers`: run in a child process
 /// that the test kills with SIGKILL. Does nothing unless started that way.
 #[test]
