@@ -121,6 +121,7 @@ pub fn detect_host() -> Result<CgroupSetup> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::cgroup::fs::FakeCgroupFs;

@@ -193,6 +193,7 @@ fn remove_tree(fs: &dyn CgroupFs, path: &Path) -> Result<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::cgroup::fs::FakeCgroupFs;

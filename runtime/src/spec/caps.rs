@@ -128,6 +128,7 @@ pub fn process_capabilities(set: &Capabilities) -> LinuxCapabilities {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::config::Capabilities as Change;

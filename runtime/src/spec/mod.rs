@@ -306,25 +306,32 @@ pub fn build_with_nofile_hard_limit(input: &SpecInput<'_>, nofile_hard: u64) -> 
 
     let mounts = mounts(input)?;
 
-    let mut linux = LinuxBuilder::default()
-        .namespaces(namespaces(input.sandbox)?)
-        .cgroups_path(input.cgroups_path)
-        .devices(default_devices()?);
-    if !privileged {
-        linux = linux
-            .masked_paths(MASKED_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-            .readonly_paths(READONLY_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>());
-    }
-    if let Some(seccomp) = seccomp::for_container(&sec.seccomp, privileged, &bounding)? {
-        linux = linux.seccomp(seccomp);
-    }
-    if input.cgroup_limits {
-        linux = linux.resources(resources(&c.resources, privileged)?);
-    }
-    if let Some(propagation) = rootfs_propagation(&c.mounts) {
-        linux = linux.rootfs_propagation(propagation);
-    }
-    let linux = linux.build().map_err(oci("linux"))?;
+    // oci-spec's builders start from its own defaults (default masked paths, an empty
+    // resources section, …): set every field we rely on explicitly.
+    let mut linux = LinuxBuilder::default().build().map_err(oci("linux"))?;
+    linux.set_namespaces(Some(namespaces(input.sandbox)?));
+    linux.set_cgroups_path(Some(input.cgroups_path.to_owned()));
+    linux.set_devices(Some(default_devices()?));
+    let (masked, readonly) = if privileged {
+        (None, None)
+    } else {
+        (
+            Some(MASKED_PATHS.iter().map(|s| s.to_string()).collect()),
+            Some(READONLY_PATHS.iter().map(|s| s.to_string()).collect()),
+        )
+    };
+    linux.set_masked_paths(masked);
+    linux.set_readonly_paths(readonly);
+    linux.set_seccomp(seccomp::for_container(&sec.seccomp, privileged, &bounding)?);
+    linux.set_resources(if input.cgroup_limits {
+        Some(resources(&c.resources, privileged)?)
+    } else {
+        None
+    });
+    linux.set_rootfs_propagation(rootfs_propagation(&c.mounts).map(str::to_owned));
+    linux.set_sysctl(None);
+    linux.set_uid_mappings(None);
+    linux.set_gid_mappings(None);
 
     let mut spec = SpecBuilder::default()
         .version("1.0.2")
@@ -334,9 +341,10 @@ pub fn build_with_nofile_hard_limit(input: &SpecInput<'_>, nofile_hard: u64) -> 
         .linux(linux)
         .build()
         .map_err(oci("spec"))?;
-    if input.sandbox.uts != NamespaceMode::Host {
-        spec.set_hostname(Some(input.hostname.to_owned()));
-    }
+    // libcontainer refuses a hostname without a UTS namespace.
+    let hostname = (input.sandbox.uts != NamespaceMode::Host).then(|| input.hostname.to_owned());
+    spec.set_hostname(hostname);
+    spec.set_annotations(None);
     Ok(spec)
 }
 
@@ -712,4 +720,5 @@ pub fn bounding_set(spec: &Spec) -> Capabilities {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests;

@@ -311,6 +311,7 @@ pub fn has_sys_admin(bounding: &Capabilities) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::spec::caps;

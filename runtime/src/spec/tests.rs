@@ -529,10 +529,10 @@ fn resources_map_like_the_kubelet_only_when_limits_are_on() {
     assert_eq!(cpu.shares(), Some(256));
     assert_eq!(cpu.quota(), Some(50_000));
     assert_eq!(cpu.period(), Some(100_000));
-    let mem = r.memory().clone().unwrap();
+    let mem = r.memory().unwrap();
     assert_eq!(mem.limit(), Some(128 << 20));
     assert_eq!(mem.swap(), Some(128 << 20));
-    assert_eq!(r.pids().clone().unwrap().limit(), 64);
+    assert_eq!(r.pids().unwrap().limit(), 64);
     let devices = r.devices().clone().unwrap();
     assert!(!devices[0].allow() && devices[0].access().as_deref() == Some("rwm"), "deny all first");
     assert!(devices.iter().any(|d| d.allow() && d.major() == Some(136)), "ptys allowed");
