@@ -119,6 +119,14 @@ pub enum Error {
         /// Container path.
         target: PathBuf,
     },
+    /// Listing the host's devices for a privileged container failed.
+    #[error("list host devices in {path}")]
+    HostDevices {
+        /// The directory being listed.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// Reading this process's `RLIMIT_NOFILE` failed.
     #[error("read RLIMIT_NOFILE")]
     Rlimit(#[source] nix::Error),
@@ -311,7 +319,14 @@ pub fn build_with_nofile_hard_limit(input: &SpecInput<'_>, nofile_hard: u64) -> 
     let mut linux = LinuxBuilder::default().build().map_err(oci("linux"))?;
     linux.set_namespaces(Some(namespaces(input.sandbox)?));
     linux.set_cgroups_path(Some(input.cgroups_path.to_owned()));
-    linux.set_devices(Some(default_devices()?));
+    let mut devices = default_devices()?;
+    if privileged {
+        // Privileged containers see the host's devices, as with containerd.
+        let host = host_devices(Path::new("/dev"))?;
+        devices.retain(|d| !host.iter().any(|h| h.path() == d.path()));
+        devices.extend(host);
+    }
+    linux.set_devices(Some(devices));
     let (masked, readonly) = if privileged {
         (None, None)
     } else {
@@ -640,6 +655,80 @@ fn default_devices() -> Result<Vec<LinuxDevice>> {
                 .map_err(oci("linux.devices"))
         })
         .collect()
+}
+
+/// Directories of `/dev` that are per-container mounts or not devices (runc's list).
+const HOST_DEV_SKIP: [&str; 7] = ["pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev"];
+
+/// The character and block devices under `dir` (the host's `/dev`), without `console` and
+/// `ptmx` (the container gets its own from devpts) and without symlinks.
+pub fn host_devices(dir: &Path) -> Result<Vec<LinuxDevice>> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| Error::HostDevices { path, source }
+    };
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            // A subdirectory that vanished meanwhile (hotplug) or that we may not read is
+            // skipped; only the top directory must be listable.
+            Err(e)
+                if d != dir
+                    && matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+                    ) =>
+            {
+                continue
+            }
+            other => other.map_err(err(&d))?,
+        };
+        for entry in entries {
+            let entry = entry.map_err(err(&d))?;
+            let path = entry.path();
+            let name = entry.file_name();
+            let meta = match std::fs::symlink_metadata(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                other => other.map_err(err(&path))?,
+            };
+            let ft = meta.file_type();
+            if ft.is_dir() {
+                if !HOST_DEV_SKIP.iter().any(|s| name == *s) {
+                    stack.push(path);
+                }
+                continue;
+            }
+            if d == dir && (name == "console" || name == "ptmx") {
+                continue;
+            }
+            let typ = if ft.is_char_device() {
+                LinuxDeviceType::C
+            } else if ft.is_block_device() {
+                LinuxDeviceType::B
+            } else {
+                continue;
+            };
+            let rdev = meta.rdev();
+            let major = i64::try_from(nix::sys::stat::major(rdev)).unwrap_or(i64::MAX);
+            let minor = i64::try_from(nix::sys::stat::minor(rdev)).unwrap_or(i64::MAX);
+            out.push(
+                LinuxDeviceBuilder::default()
+                    .path(path)
+                    .typ(typ)
+                    .major(major)
+                    .minor(minor)
+                    .file_mode(meta.mode() & 0o7777)
+                    .uid(meta.uid())
+                    .gid(meta.gid())
+                    .build()
+                    .map_err(oci("linux.devices"))?,
+            );
+        }
+    }
+    out.sort_by(|a, b| a.path().cmp(b.path()));
+    Ok(out)
 }
 
 fn device_rule(

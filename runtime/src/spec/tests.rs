@@ -616,3 +616,31 @@ fn exec_inherits_user_cwd_and_caps_and_overrides_args_tty_env() {
     bare.set_process(None);
     assert!(matches!(build_exec_process(&bare, &exec), Err(Error::NoProcess)));
 }
+
+#[test]
+fn privileged_containers_get_the_host_devices() {
+    let host = host_devices(Path::new("/dev")).unwrap();
+    let null = host.iter().find(|d| d.path() == Path::new("/dev/null")).expect("/dev/null listed");
+    assert_eq!((null.major(), null.minor()), (1, 3));
+    assert!(host
+        .iter()
+        .all(|d| d.path() != Path::new("/dev/ptmx") && d.path() != Path::new("/dev/console")));
+    assert!(host.iter().all(|d| !d.path().starts_with("/dev/pts")));
+
+    let mut f = Fixture::new();
+    f.container.security.privileged = true;
+    let s = f.build();
+    let devs = linux(&s).devices().clone().unwrap();
+    let nulls = devs.iter().filter(|d| d.path() == Path::new("/dev/null")).count();
+    assert_eq!(nulls, 1, "default and host devices are merged by path");
+    assert!(host.iter().all(|h| devs.contains(h)), "every host device is in the spec");
+    let rules = linux(&s).resources().clone().unwrap().devices().clone().unwrap();
+    assert_eq!(rules.len(), 1);
+    assert!(rules[0].allow(), "privileged: every device allowed");
+}
+
+#[test]
+fn unprivileged_containers_get_only_the_default_devices() {
+    let s = Fixture::new().build();
+    assert_eq!(linux(&s).devices().clone().unwrap().len(), DEFAULT_DEVICES.len());
+}
