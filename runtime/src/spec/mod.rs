@@ -63,6 +63,20 @@ pub enum Error {
         /// The name as given.
         name: String,
     },
+    /// An added capability the runtime itself does not have.
+    #[error("capability {name} is not in the runtime's bounding set")]
+    CapabilityUnavailable {
+        /// The capability.
+        name: String,
+    },
+    /// Reading a fact about this host or process failed.
+    #[error("read {path}")]
+    ReadHost {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// A user name not in the rootfs's `/etc/passwd`.
     #[error("user {name:?} not found in the image's /etc/passwd")]
     UnknownUser {
@@ -251,16 +265,34 @@ pub const MASKED_PATHS: [&str; 12] = [
 pub const READONLY_PATHS: [&str; 5] =
     ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
 
-/// Builds the OCI runtime spec of a container.
-pub fn build(input: &SpecInput<'_>) -> Result<Spec> {
-    let hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-        .map_err(Error::Rlimit)?
-        .1;
-    build_with_nofile_hard_limit(input, hard)
+/// What [`build`] needs to know about the process that will start the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostFacts {
+    /// This process's `RLIMIT_NOFILE` hard limit: the container's limit never exceeds it.
+    pub nofile_hard: u64,
+    /// This process's capability bounding set: the most a container can get.
+    pub bounding: Capabilities,
 }
 
-/// [`build`] with this process's `RLIMIT_NOFILE` hard limit given (for tests).
-pub fn build_with_nofile_hard_limit(input: &SpecInput<'_>, nofile_hard: u64) -> Result<Spec> {
+impl HostFacts {
+    /// The facts of the calling process.
+    pub fn current() -> Result<Self> {
+        let nofile_hard =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                .map_err(Error::Rlimit)?
+                .1;
+        Ok(Self { nofile_hard, bounding: caps::current_bounding()? })
+    }
+}
+
+/// Builds the OCI runtime spec of a container, for the calling process's limits and
+/// capabilities ([`HostFacts::current`]).
+pub fn build(input: &SpecInput<'_>) -> Result<Spec> {
+    build_with_host(input, &HostFacts::current()?)
+}
+
+/// [`build`] with the host facts given (for tests, or to compute them once).
+pub fn build_with_host(input: &SpecInput<'_>, host: &HostFacts) -> Result<Spec> {
     let c = input.container;
     let sec = &c.security;
     let privileged = sec.privileged;
@@ -280,13 +312,13 @@ pub fn build_with_nofile_hard_limit(input: &SpecInput<'_>, nofile_hard: u64) -> 
         .build()
         .map_err(oci("process.user"))?;
 
-    let bounding = caps::effective_set(&sec.capabilities, privileged)?;
+    let bounding = caps::effective_set(&sec.capabilities, privileged, &host.bounding)?;
     let no_new_privileges = match sec.allow_privilege_escalation {
         Some(allow) => !allow,
         None => !(privileged || seccomp::has_sys_admin(&bounding)),
     };
 
-    let nofile = NOFILE_LIMIT.min(nofile_hard);
+    let nofile = NOFILE_LIMIT.min(host.nofile_hard);
     let rlimit: PosixRlimit = PosixRlimitBuilder::default()
         .typ(PosixRlimitType::RlimitNofile)
         .soft(nofile)

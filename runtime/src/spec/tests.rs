@@ -86,12 +86,17 @@ impl Fixture {
     }
 
     fn build(&self) -> Spec {
-        build_with_nofile_hard_limit(&self.input(), 20_000).unwrap()
+        build_with_host(&self.input(), &host(20_000)).unwrap()
     }
 
     fn err(&self) -> Error {
-        build_with_nofile_hard_limit(&self.input(), 20_000).unwrap_err()
+        build_with_host(&self.input(), &host(20_000)).unwrap_err()
     }
+}
+
+/// A host with every capability and the given open-files hard limit.
+fn host(nofile_hard: u64) -> HostFacts {
+    HostFacts { nofile_hard, bounding: caps::ALL.into_iter().collect() }
 }
 
 fn process(spec: &Spec) -> &Process {
@@ -244,6 +249,13 @@ fn default_capabilities_with_changes_and_unknown_names_rejected() {
 
     f.container.security.capabilities.add = vec!["CAP_FLY".into()];
     assert!(matches!(f.err(), Error::UnknownCapability { ref name } if name == "CAP_FLY"));
+
+    // On a host without CAP_SYS_RESOURCE (these sandboxes), privileged gets what there is.
+    f.container.security.capabilities = config::Capabilities::default();
+    f.container.security.privileged = true;
+    let poor = HostFacts { nofile_hard: 1024, bounding: caps::from_mask(0x0000_01ff_feff_ffff) };
+    let s = build_with_host(&f.input(), &poor).unwrap();
+    assert_eq!(bounding_set(&s), poor.bounding);
 }
 
 #[test]
@@ -456,7 +468,7 @@ fn readonly_rootfs_makes_root_and_etc_files_read_only() {
 fn nofile_is_1024_clamped_to_the_hard_limit() {
     let f = Fixture::new();
     let nofile = |hard| {
-        let s = build_with_nofile_hard_limit(&f.input(), hard).unwrap();
+        let s = build_with_host(&f.input(), &host(hard)).unwrap();
         let r = process(&s).rlimits().clone().unwrap();
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].typ(), PosixRlimitType::RlimitNofile);
