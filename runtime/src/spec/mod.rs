@@ -831,6 +831,18 @@ fn resources(r: &Resources, privileged: bool) -> Result<LinuxResources> {
     b.build().map_err(oci("linux.resources"))
 }
 
+/// Adapts a spec for libcontainer 0.7 before it creates the container: swaps the operands of
+/// masked seccomp comparisons, which libcontainer reads the other way round from runc (see
+/// [`seccomp::swap_masked_eq_for_libcontainer`]; without it, `clone` with namespace flags is
+/// allowed under RuntimeDefault). Keep the unadapted spec as the bundle's `config.json`.
+pub fn adapt_for_libcontainer(spec: &mut Spec) {
+    if let Some(linux) = spec.linux_mut() {
+        if let Some(seccomp) = linux.seccomp_mut() {
+            seccomp::swap_masked_eq_for_libcontainer(seccomp);
+        }
+    }
+}
+
 /// The bounding set a built spec carries (empty when it has none).
 pub fn bounding_set(spec: &Spec) -> Capabilities {
     spec.process()

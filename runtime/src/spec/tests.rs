@@ -656,3 +656,24 @@ fn unprivileged_containers_get_only_the_default_devices() {
     let s = Fixture::new().build();
     assert_eq!(linux(&s).devices().clone().unwrap().len(), DEFAULT_DEVICES.len());
 }
+
+#[test]
+fn adapting_for_libcontainer_swaps_only_the_masked_comparisons() {
+    let f = Fixture::new();
+    let spec = f.build();
+    let mut adapted = spec.clone();
+    adapt_for_libcontainer(&mut adapted);
+    assert_ne!(adapted, spec);
+    let sc = linux(&adapted).seccomp().clone().unwrap();
+    let clone = sc.syscalls().iter().flatten().find(|r| r.names() == &["clone"]).unwrap();
+    let arg = clone.args().clone().unwrap()[0];
+    assert_eq!((arg.value(), arg.value_two()), (0, Some(0x7e02_0000)));
+    adapt_for_libcontainer(&mut adapted);
+    assert_eq!(adapted, spec);
+    // Nothing to do without seccomp.
+    let mut unconfined = spec.clone();
+    unconfined.linux_mut().as_mut().unwrap().set_seccomp(None);
+    let before = unconfined.clone();
+    adapt_for_libcontainer(&mut unconfined);
+    assert_eq!(unconfined, before);
+}
