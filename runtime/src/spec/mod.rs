@@ -834,7 +834,8 @@ fn resources(r: &Resources, privileged: bool) -> Result<LinuxResources> {
 /// Adapts a spec for libcontainer 0.7 before it creates the container: swaps the operands of
 /// masked seccomp comparisons, which libcontainer reads the other way round from runc (see
 /// [`seccomp::swap_masked_eq_for_libcontainer`]; without it, `clone` with namespace flags is
-/// allowed under RuntimeDefault). Keep the unadapted spec as the bundle's `config.json`.
+/// allowed under RuntimeDefault). libcontainer reads `<bundle>/config.json`: write the adapted
+/// spec there, and the unadapted one wherever runc or crun will read it.
 pub fn adapt_for_libcontainer(spec: &mut Spec) {
     if let Some(linux) = spec.linux_mut() {
         if let Some(seccomp) = linux.seccomp_mut() {

@@ -248,8 +248,9 @@ impl Profile {
 /// own `initialize_seccomp`: as written, `clone(CLONE_NEWUSER)` succeeds; after this swap it
 /// fails with `EPERM` while a plain `clone` still works.
 ///
-/// The spec saved as `config.json` stays correct for runc and crun; the shim applies this to
-/// the copy it hands to libcontainer. Applying it twice restores the original.
+/// Specs built here are correct for runc and crun; the shim applies this (through
+/// [`super::adapt_for_libcontainer`]) to the copy it writes for libcontainer. Applying it twice
+/// restores the original.
 pub fn swap_masked_eq_for_libcontainer(seccomp: &mut LinuxSeccomp) {
     let Some(mut syscalls) = seccomp.syscalls().clone() else {
         return;
