@@ -80,7 +80,8 @@ fn pod_cgroup_lifecycle() -> anyhow::Result<()> {
     let child = Command::new("sleep").arg("300").spawn()?;
     let pid = i32::try_from(child.id())?;
     guard.child = Some(child);
-    fs.write(&pod.shim(), "cgroup.procs", &pid.to_string())?;
+    pod.add_shim(&fs, pid)?;
+    assert_eq!(layout.list_pods(&fs)?, vec![(QosClass::Burstable, "test-uid-1".to_owned())]);
     assert_eq!(fs.pids(&pod.shim())?, vec![pid]);
 
     let stats = cgroup::read_stats(&fs, &pod.shim())?;
