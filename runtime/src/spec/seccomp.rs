@@ -15,6 +15,10 @@
 //! result is a plain OCI profile that libcontainer loads as is. Syscall names that do not exist
 //! on an architecture (`chown32` on x86_64) stay in the profile: libcontainer skips names
 //! libseccomp cannot resolve, as runc does.
+//!
+//! The resolver is our own: oci-spec models only the OCI form, the Docker form is read by Go
+//! libraries (moby, containers/common) with no Rust counterpart, and resolving is a filter over
+//! a list.
 
 use std::collections::HashSet;
 use std::path::Path;
