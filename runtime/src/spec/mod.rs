@@ -469,7 +469,7 @@ fn process_env(
         }
     }
     env.set("HOSTNAME", hostname);
-    for (k, v) in container_env {
+    for (k, v) in container_env.iter().filter(|(k, _)| !k.is_empty()) {
         env.set(k, v);
     }
     if !env.contains("PATH") {

@@ -159,10 +159,13 @@ impl Profile {
         Ok(profile)
     }
 
-    /// The RuntimeDefault profile.
-    pub fn runtime_default() -> Self {
-        Self::parse(DEFAULT_PROFILE, Path::new("<runtime default>"))
-            .expect("the embedded default profile is valid: a unit test parses it")
+    /// The RuntimeDefault profile (parsed once per process).
+    pub fn runtime_default() -> &'static Self {
+        static PROFILE: std::sync::OnceLock<Profile> = std::sync::OnceLock::new();
+        PROFILE.get_or_init(|| {
+            Self::parse(DEFAULT_PROFILE, Path::new("<runtime default>"))
+                .expect("the embedded default profile is valid: a unit test parses it")
+        })
     }
 
     /// Reads a `Localhost` profile from a file on the node.
@@ -344,12 +347,14 @@ pub(super) fn for_container(
     if privileged {
         return Ok(None);
     }
-    let profile = match profile {
-        SeccompProfile::Unconfined => return Ok(None),
-        SeccompProfile::RuntimeDefault => Profile::runtime_default(),
-        SeccompProfile::Localhost(path) => Profile::read(path)?,
-    };
-    profile.resolve(TargetArch::native(), bounding).map(Some)
+    let arch = TargetArch::native();
+    match profile {
+        SeccompProfile::Unconfined => Ok(None),
+        SeccompProfile::RuntimeDefault => {
+            Profile::runtime_default().resolve(arch, bounding).map(Some)
+        }
+        SeccompProfile::Localhost(path) => Profile::read(path)?.resolve(arch, bounding).map(Some),
+    }
 }
 
 /// Whether a capability set holds `CAP_SYS_ADMIN` (used in docs and tests).
