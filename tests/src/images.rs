@@ -73,7 +73,8 @@ pub fn need_binary(binary: &str, package: &str) -> Option<String> {
     let found = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(binary).is_file()))
         .unwrap_or(false);
-    (!found).then(|| format!("{binary} not found (Debian package {package}, installed by dev/setup)"))
+    (!found)
+        .then(|| format!("{binary} not found (Debian package {package}, installed by dev/setup)"))
 }
 
 fn free_port() -> Result<u16> {
@@ -124,7 +125,11 @@ impl DockerRegistry {
                 .args(["-nbB", user, pass])
                 .output()
                 .context("running htpasswd (apache2-utils)")?;
-            ensure!(out.status.success(), "htpasswd failed: {}", String::from_utf8_lossy(&out.stderr));
+            ensure!(
+                out.status.success(),
+                "htpasswd failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             std::fs::write(&htpasswd, &out.stdout)?;
             config.push_str(&format!(
                 "auth:\n  htpasswd:\n    realm: keelson-test\n    path: {}\n",
@@ -168,7 +173,11 @@ impl DockerRegistry {
             .arg(format!("docker://{dest}"))
             .output()
             .context("running skopeo")?;
-        ensure!(out.status.success(), "skopeo copy failed: {}", String::from_utf8_lossy(&out.stderr));
+        ensure!(
+            out.status.success(),
+            "skopeo copy failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Ok(dest)
     }
 
@@ -276,8 +285,15 @@ fn base64(data: &[u8]) -> String {
     out
 }
 
-fn respond(stream: &mut TcpStream, status: &str, headers: &[(&str, String)], body: &[u8], head: bool) -> Result<()> {
-    let mut resp = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+fn respond(
+    stream: &mut TcpStream,
+    status: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+    head: bool,
+) -> Result<()> {
+    let mut resp =
+        format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
     for (k, v) in headers {
         resp.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -298,7 +314,8 @@ fn serve(stream: TcpStream, st: &TokenState) -> Result<()> {
     let mut line = String::new();
     reader.read_line(&mut line)?;
     let mut parts = line.split_whitespace();
-    let (method, target) = (parts.next().unwrap_or("").to_owned(), parts.next().unwrap_or("").to_owned());
+    let (method, target) =
+        (parts.next().unwrap_or("").to_owned(), parts.next().unwrap_or("").to_owned());
     let mut headers = BTreeMap::new();
     loop {
         let mut h = String::new();
@@ -321,13 +338,26 @@ fn serve(stream: TcpStream, st: &TokenState) -> Result<()> {
 
     if path == "/token" {
         if auth != st.basic {
-            return respond(&mut stream, "401 Unauthorized", &[], b"{\"errors\":[{\"code\":\"UNAUTHORIZED\"}]}", head);
+            return respond(
+                &mut stream,
+                "401 Unauthorized",
+                &[],
+                b"{\"errors\":[{\"code\":\"UNAUTHORIZED\"}]}",
+                head,
+            );
         }
         if !query.contains("scope=repository") {
             return respond(&mut stream, "400 Bad Request", &[], b"no scope", head);
         }
-        let body = format!("{{\"token\":\"{0}\",\"access_token\":\"{0}\",\"expires_in\":300}}", st.token);
-        return respond(&mut stream, "200 OK", &[("Content-Type", "application/json".into())], body.as_bytes(), head);
+        let body =
+            format!("{{\"token\":\"{0}\",\"access_token\":\"{0}\",\"expires_in\":300}}", st.token);
+        return respond(
+            &mut stream,
+            "200 OK",
+            &[("Content-Type", "application/json".into())],
+            body.as_bytes(),
+            head,
+        );
     }
     if auth != format!("Bearer {}", st.token) {
         let challenge = format!(
@@ -357,7 +387,8 @@ fn serve(stream: TcpStream, st: &TokenState) -> Result<()> {
         let digest = if reference.starts_with("sha256:") {
             reference.to_owned()
         } else {
-            let index: serde_json::Value = serde_json::from_slice(&std::fs::read(st.layout.join("index.json"))?)?;
+            let index: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(st.layout.join("index.json"))?)?;
             let found = index["manifests"].as_array().into_iter().flatten().find(|m| {
                 m["annotations"]["org.opencontainers.image.ref.name"].as_str() == Some(reference)
             });
@@ -370,7 +401,10 @@ fn serve(stream: TcpStream, st: &TokenState) -> Result<()> {
             return respond(&mut stream, "404 Not Found", &[], b"{}", head);
         };
         let v: serde_json::Value = serde_json::from_slice(&data)?;
-        let mt = v["mediaType"].as_str().unwrap_or("application/vnd.oci.image.manifest.v1+json").to_owned();
+        let mt = v["mediaType"]
+            .as_str()
+            .unwrap_or("application/vnd.oci.image.manifest.v1+json")
+            .to_owned();
         return respond(
             &mut stream,
             "200 OK",
@@ -384,7 +418,10 @@ fn serve(stream: TcpStream, st: &TokenState) -> Result<()> {
             Some(data) => respond(
                 &mut stream,
                 "200 OK",
-                &[("Content-Type", "application/octet-stream".into()), ("Docker-Content-Digest", digest.to_owned())],
+                &[
+                    ("Content-Type", "application/octet-stream".into()),
+                    ("Docker-Content-Digest", digest.to_owned()),
+                ],
                 &data,
                 head,
             ),
@@ -400,9 +437,10 @@ mod tests {
 
     #[test]
     fn base64_matches_rfc4648_vectors() {
-        for (i, o) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foobar", "Zm9vYmFy")] {
+        for (i, o) in
+            [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foobar", "Zm9vYmFy")]
+        {
             assert_eq!(base64(i.as_bytes()), o);
         }
     }
-
 }

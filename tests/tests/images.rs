@@ -11,8 +11,8 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use keelson_runtime::image::{
-    Digest, Image, ImageStore, ImportOptions, Mounter, OverlayMounter, Platform, Progress, PullOptions,
-    RegistryAuth, RootfsMount,
+    Digest, Image, ImageStore, ImportOptions, Mounter, OverlayMounter, Platform, Progress,
+    PullOptions, RegistryAuth, RootfsMount,
 };
 use keelson_tests::images::{self, DockerRegistry, TokenRegistry};
 use keelson_tests::{need_root, require, Tier};
@@ -113,7 +113,8 @@ fn write_layout(layout: &Path, layers: &[Vec<u8>]) -> PathBuf {
     let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
         "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md.to_string(), "size": manifest.len(),
         "annotations": {"org.opencontainers.image.ref.name": "latest"}}]});
-    fs::write(layout.join("index.json"), serde_json::to_vec(&index).expect("index")).expect("index.json");
+    fs::write(layout.join("index.json"), serde_json::to_vec(&index).expect("index"))
+        .expect("index.json");
     layout.to_owned()
 }
 
@@ -154,9 +155,12 @@ fn walk(dir: &Path, out: &mut Vec<(PathBuf, fs::Metadata)>) {
 
 /// The amd64 image's digests from the layout: (index, manifest, config, layer).
 fn layout_digests(layout: &Path) -> (String, String, String, String) {
-    let read = |p: &Path| -> serde_json::Value { serde_json::from_slice(&fs::read(p).expect("read")).expect("json") };
+    let read = |p: &Path| -> serde_json::Value {
+        serde_json::from_slice(&fs::read(p).expect("read")).expect("json")
+    };
     let blob = |d: &str| read(&layout.join("blobs/sha256").join(d.trim_start_matches("sha256:")));
-    let index = read(&layout.join("index.json"))["manifests"][0]["digest"].as_str().expect("d").to_owned();
+    let index =
+        read(&layout.join("index.json"))["manifests"][0]["digest"].as_str().expect("d").to_owned();
     let nested = blob(&index);
     let manifest = nested["manifests"]
         .as_array()
@@ -191,7 +195,9 @@ fn import_accepts_oci_layout_dir_tar_and_docker_archive() {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let (index, manifest, config, _) = layout_digests(&images::oci_layout());
 
-    let dir = s.import(&images::oci_layout(), &ImportOptions::named("keelson.test/busybox-dir"), Some(&tx)).expect("dir");
+    let dir = s
+        .import(&images::oci_layout(), &ImportOptions::named("keelson.test/busybox-dir"), Some(&tx))
+        .expect("dir");
     assert_eq!(dir.name(), "keelson.test/busybox-dir:latest");
     assert_eq!(dir.record.target.as_str(), index);
     assert_eq!(dir.record.manifest.as_str(), manifest);
@@ -203,7 +209,9 @@ fn import_accepts_oci_layout_dir_tar_and_docker_archive() {
     assert!(events.iter().any(|e| matches!(e, Progress::Resolved { layers: 1, .. })), "{events:?}");
     assert!(events.iter().any(|e| matches!(e, Progress::Stored { .. })), "{events:?}");
 
-    let tar = s.import(&images::oci_tar(), &ImportOptions::named("keelson.test/busybox-tar:v1"), None).expect("tar");
+    let tar = s
+        .import(&images::oci_tar(), &ImportOptions::named("keelson.test/busybox-tar:v1"), None)
+        .expect("tar");
     assert_eq!(tar.name(), "keelson.test/busybox-tar:v1");
     assert_eq!(tar.id(), dir.id());
     assert_eq!(tar.record.manifest, dir.record.manifest);
@@ -220,7 +228,10 @@ fn import_accepts_oci_layout_dir_tar_and_docker_archive() {
     assert_eq!(s.get("keelson.test/busybox-dir").expect("bare").id(), dir.id());
     assert_eq!(s.get(&config).expect("digest").id(), dir.id());
     assert_eq!(s.get(&dir.id().hex()[..12]).expect("prefix").id(), dir.id());
-    assert_eq!(s.get(&format!("keelson.test/busybox-tar@{manifest}")).expect("name@digest").name(), tar.name());
+    assert_eq!(
+        s.get(&format!("keelson.test/busybox-tar@{manifest}")).expect("name@digest").name(),
+        tar.name()
+    );
     assert_eq!(s.list().expect("list").len(), 3);
 
     // All three share one snapshot: the layer is unpacked once.
@@ -257,13 +268,19 @@ fn imported_busybox_runs_from_its_overlay_rootfs() {
     require!(Tier::Privileged, need_root(), images::need_test_images());
     let tmp = tempfile::tempdir().expect("tempdir");
     let s = store(tmp.path());
-    let image = s.import(&images::oci_layout(), &ImportOptions::named("keelson.test/busybox"), None).expect("import");
+    let image = s
+        .import(&images::oci_layout(), &ImportOptions::named("keelson.test/busybox"), None)
+        .expect("import");
     let rootfs = s.prepare_rootfs(&image, "run").expect("rootfs");
     let mnt = tmp.path().join("mnt");
     let _m = MountGuard::mount(&rootfs, &mnt);
     let out = std::process::Command::new("chroot")
         .arg(&mnt)
-        .args(["/bin/sh", "-c", "echo hello > /tmp/x && cat /tmp/x && stat -c %a /tmp && id -u user"])
+        .args([
+            "/bin/sh",
+            "-c",
+            "echo hello > /tmp/x && cat /tmp/x && stat -c %a /tmp && id -u user",
+        ])
         .output()
         .expect("chroot");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -285,13 +302,17 @@ fn need_registry_tools() -> Option<String> {
 async fn pull_anonymous_from_local_registry() {
     require!(Tier::Privileged, need_root(), images::need_test_images(), need_registry_tools());
     let registry = DockerRegistry::start(None).expect("registry");
-    let reference = registry.push_oci_layout(&images::oci_layout(), "latest", "keelson/busybox").expect("push");
+    let reference =
+        registry.push_oci_layout(&images::oci_layout(), "latest", "keelson/busybox").expect("push");
     let tmp = tempfile::tempdir().expect("tempdir");
     let s = store(tmp.path());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let (index, manifest, config, layer) = layout_digests(&images::oci_layout());
 
-    let image = s.pull(&reference, &RegistryAuth::Anonymous, &PullOptions::default(), Some(&tx)).await.expect("pull");
+    let image = s
+        .pull(&reference, &RegistryAuth::Anonymous, &PullOptions::default(), Some(&tx))
+        .await
+        .expect("pull");
     assert_eq!(image.name(), reference);
     assert_eq!(image.record.target.as_str(), index);
     assert_eq!(image.record.manifest.as_str(), manifest);
@@ -305,7 +326,12 @@ async fn pull_anonymous_from_local_registry() {
     );
 
     let arm = s
-        .pull(&reference, &RegistryAuth::Anonymous, &PullOptions { platform: Platform::parse("linux/arm64"), ..Default::default() }, None)
+        .pull(
+            &reference,
+            &RegistryAuth::Anonymous,
+            &PullOptions { platform: Platform::parse("linux/arm64"), ..Default::default() },
+            None,
+        )
         .await
         .expect("pull arm64");
     assert_eq!(arm.config.architecture().to_string(), "arm64");
@@ -318,11 +344,15 @@ async fn pull_anonymous_from_local_registry() {
 async fn pull_with_basic_auth_needs_the_right_credentials() {
     require!(Tier::Privileged, need_root(), images::need_test_images(), need_registry_tools());
     let registry = DockerRegistry::start(Some(("keelson", "s3cret"))).expect("registry");
-    let reference = registry.push_oci_layout(&images::oci_layout(), "latest", "busybox").expect("push");
+    let reference =
+        registry.push_oci_layout(&images::oci_layout(), "latest", "busybox").expect("push");
     let tmp = tempfile::tempdir().expect("tempdir");
     let s = store(tmp.path());
     let opts = PullOptions::default();
-    assert!(s.pull(&reference, &RegistryAuth::Anonymous, &opts, None).await.is_err(), "anonymous must fail");
+    assert!(
+        s.pull(&reference, &RegistryAuth::Anonymous, &opts, None).await.is_err(),
+        "anonymous must fail"
+    );
     let wrong = RegistryAuth::Basic("keelson".into(), "wrong".into());
     assert!(s.pull(&reference, &wrong, &opts, None).await.is_err(), "a wrong password must fail");
     assert!(s.list().expect("list").is_empty());
@@ -334,13 +364,17 @@ async fn pull_with_basic_auth_needs_the_right_credentials() {
 #[tokio::test(flavor = "multi_thread")]
 async fn pull_with_bearer_token_from_the_registry_challenge() {
     require!(Tier::Privileged, need_root(), images::need_test_images());
-    let registry = TokenRegistry::start(&images::oci_layout(), "keelson", "s3cret").expect("token registry");
+    let registry =
+        TokenRegistry::start(&images::oci_layout(), "keelson", "s3cret").expect("token registry");
     let reference = format!("{}/busybox:latest", registry.addr);
     let opts = PullOptions::default();
 
     let tmp = tempfile::tempdir().expect("tempdir");
     let s = store(tmp.path());
-    assert!(s.pull(&reference, &RegistryAuth::Anonymous, &opts, None).await.is_err(), "anonymous must fail");
+    assert!(
+        s.pull(&reference, &RegistryAuth::Anonymous, &opts, None).await.is_err(),
+        "anonymous must fail"
+    );
     let wrong = RegistryAuth::Basic("keelson".into(), "nope".into());
     assert!(s.pull(&reference, &wrong, &opts, None).await.is_err(), "the token server must refuse");
 
@@ -355,14 +389,17 @@ async fn pull_with_bearer_token_from_the_registry_challenge() {
     // A token obtained elsewhere works directly.
     let tmp2 = tempfile::tempdir().expect("tempdir");
     let s2 = store(tmp2.path());
-    s2.pull(&reference, &RegistryAuth::Bearer(registry.token.clone()), &opts, None).await.expect("pull with token");
+    s2.pull(&reference, &RegistryAuth::Bearer(registry.token.clone()), &opts, None)
+        .await
+        .expect("pull with token");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pull_rejects_a_tampered_blob_and_keeps_nothing() {
     require!(Tier::Privileged, need_root(), images::need_test_images(), need_registry_tools());
     let registry = DockerRegistry::start(None).expect("registry");
-    let reference = registry.push_oci_layout(&images::oci_layout(), "latest", "busybox").expect("push");
+    let reference =
+        registry.push_oci_layout(&images::oci_layout(), "latest", "busybox").expect("push");
     let (_, _, _, layer) = layout_digests(&images::oci_layout());
     let layer = Digest::parse(&layer).expect("digest");
     let data_file = registry.blob_data(layer.hex());
@@ -373,7 +410,10 @@ async fn pull_rejects_a_tampered_blob_and_keeps_nothing() {
 
     let tmp = tempfile::tempdir().expect("tempdir");
     let s = store(tmp.path());
-    let err = s.pull(&reference, &RegistryAuth::Anonymous, &PullOptions::default(), None).await.expect_err("tampered");
+    let err = s
+        .pull(&reference, &RegistryAuth::Anonymous, &PullOptions::default(), None)
+        .await
+        .expect_err("tampered");
     eprintln!("pull failed as it must: {err:#?}");
     assert!(!s.content().contains(&layer), "the tampered blob must not be kept");
     assert!(names_in(&s.root().join("ingest")).is_empty(), "no partial blob may remain");
@@ -410,7 +450,8 @@ fn hostile_layers_leave_the_host_untouched() {
             E::Device("dev/mem", 1, 1),
         ])],
     );
-    let image = s.import(&hostile, &ImportOptions::named("keelson.test/hostile"), None).expect("import");
+    let image =
+        s.import(&hostile, &ImportOptions::named("keelson.test/hostile"), None).expect("import");
     let rootfs = s.prepare_rootfs(&image, "hostile").expect("a confined layer unpacks");
     assert_eq!(names_in(&outside), BTreeSet::from(["canary".to_owned()]), "nothing new outside");
     assert_eq!(fs::read(&canary).expect("canary"), b"original");
@@ -419,23 +460,36 @@ fn hostile_layers_leave_the_host_untouched() {
     walk(snap, &mut entries);
     for (p, m) in &entries {
         let ft = m.file_type();
-        assert!(!ft.is_char_device() && !ft.is_block_device(), "device node {} was created", p.display());
+        assert!(
+            !ft.is_char_device() && !ft.is_block_device(),
+            "device node {} was created",
+            p.display()
+        );
     }
     // Where the writes went instead: inside the snapshot.
     assert_eq!(fs::read(snap.join(format!(".{out}/dotdot"))).expect("dotdot inside"), b"pwned");
-    assert_eq!(fs::read(snap.join(format!(".{out}/through-symlink"))).expect("symlink inside"), b"pwned");
+    assert_eq!(
+        fs::read(snap.join(format!(".{out}/through-symlink"))).expect("symlink inside"),
+        b"pwned"
+    );
     assert_eq!(fs::read(snap.join("evilfile")).expect("replaced symlink"), b"pwned");
 
     // A hard link to an outside file fails the unpack; nothing of it stays visible.
-    let link = write_layout(&tmp.path().join("link"), &[tar_layer(&[E::Hardlink("stolen", &canary_s)])]);
-    let image = s.import(&link, &ImportOptions::named("keelson.test/hardlink"), None).expect("import");
+    let link =
+        write_layout(&tmp.path().join("link"), &[tar_layer(&[E::Hardlink("stolen", &canary_s)])]);
+    let image =
+        s.import(&link, &ImportOptions::named("keelson.test/hardlink"), None).expect("import");
     assert!(s.prepare_rootfs(&image, "hardlink").is_err(), "a hard link outside must fail");
     assert_eq!(fs::metadata(&canary).expect("canary").nlink(), 1);
     assert!(s.snapshot_dir(&image.chain_ids[0]).is_none());
     let snapshots = names_in(&s.root().join("snapshots"));
     assert!(!snapshots.iter().any(|n| n.starts_with("tmp-")), "{snapshots:?}");
-    let link2 = write_layout(&tmp.path().join("link2"), &[tar_layer(&[E::Hardlink("stolen", &format!("../../../..{canary_s}"))])]);
-    let image = s.import(&link2, &ImportOptions::named("keelson.test/hardlink2"), None).expect("import");
+    let link2 = write_layout(
+        &tmp.path().join("link2"),
+        &[tar_layer(&[E::Hardlink("stolen", &format!("../../../..{canary_s}"))])],
+    );
+    let image =
+        s.import(&link2, &ImportOptions::named("keelson.test/hardlink2"), None).expect("import");
     assert!(s.prepare_rootfs(&image, "hardlink2").is_err());
     assert_eq!(fs::metadata(&canary).expect("canary").nlink(), 1);
     assert_eq!(fs::read(&canary).expect("canary"), b"original");
@@ -450,7 +504,13 @@ fn whiteout_image(s: &ImageStore, dir: &Path) -> Image {
         E::File("d/x", b"x"),
         E::File("d/y", b"y"),
     ]);
-    let upper = tar_layer(&[E::Dir("etc/"), E::File("etc/.wh.a", b""), E::Dir("d/"), E::File("d/.wh..wh..opq", b""), E::File("d/z", b"z")]);
+    let upper = tar_layer(&[
+        E::Dir("etc/"),
+        E::File("etc/.wh.a", b""),
+        E::Dir("d/"),
+        E::File("d/.wh..wh..opq", b""),
+        E::File("d/z", b"z"),
+    ]);
     let layout = write_layout(dir, &[lower, upper]);
     s.import(&layout, &ImportOptions::named("keelson.test/whiteouts"), None).expect("import")
 }
@@ -474,7 +534,14 @@ fn whiteouts_and_opaque_dirs_hide_lower_entries_in_the_overlay() {
     let mut buf = [0u8; 8];
     let path = std::ffi::CString::new(top.join("d").as_os_str().as_encoded_bytes()).expect("cstr");
     // SAFETY: valid NUL-terminated strings and a buffer of the given length.
-    let n = unsafe { libc::getxattr(path.as_ptr(), c"trusted.overlay.opaque".as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    let n = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            c"trusted.overlay.opaque".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
     assert_eq!(n, 1, "opaque xattr missing: {}", std::io::Error::last_os_error());
     assert_eq!(buf[0], b'y');
 
@@ -492,14 +559,19 @@ fn gc_removes_exactly_the_unreferenced_blobs_and_snapshots() {
     require!(Tier::Privileged, need_root(), images::need_test_images());
     let tmp = tempfile::tempdir().expect("tempdir");
     let s = store(tmp.path());
-    let a = s.import(&images::oci_layout(), &ImportOptions::named("keelson.test/a"), None).expect("a");
+    let a =
+        s.import(&images::oci_layout(), &ImportOptions::named("keelson.test/a"), None).expect("a");
     let b = whiteout_image(&s, &tmp.path().join("layout"));
     s.prepare_rootfs(&a, "ca").expect("rootfs a");
     s.prepare_rootfs(&b, "cb").expect("rootfs b");
     assert_eq!(s.gc().expect("gc"), Default::default(), "everything is referenced");
 
     let blobs_of = |i: &Image| -> BTreeSet<Digest> {
-        let mut v = BTreeSet::from([i.record.target.clone(), i.record.manifest.clone(), i.record.config.clone()]);
+        let mut v = BTreeSet::from([
+            i.record.target.clone(),
+            i.record.manifest.clone(),
+            i.record.config.clone(),
+        ]);
         v.extend(i.record.layers.iter().map(|l| l.digest.clone()));
         v
     };
@@ -508,8 +580,14 @@ fn gc_removes_exactly_the_unreferenced_blobs_and_snapshots() {
     s.release_rootfs("cb").expect("release b");
     let report = s.gc().expect("gc");
     assert_eq!(report.blobs.iter().cloned().collect::<BTreeSet<_>>(), blobs_of(&b));
-    assert_eq!(report.snapshots.iter().cloned().collect::<BTreeSet<_>>(), b.chain_ids.iter().cloned().collect());
-    assert_eq!(s.content().list().expect("list").into_iter().collect::<BTreeSet<_>>(), blobs_of(&a));
+    assert_eq!(
+        report.snapshots.iter().cloned().collect::<BTreeSet<_>>(),
+        b.chain_ids.iter().cloned().collect()
+    );
+    assert_eq!(
+        s.content().list().expect("list").into_iter().collect::<BTreeSet<_>>(),
+        blobs_of(&a)
+    );
     assert!(s.snapshot_dir(&a.chain_ids[0]).expect("a's snapshot").is_dir());
     assert!(!s.root().join("containers/cb").exists());
 

@@ -84,7 +84,9 @@ impl Inputs {
                 busybox: fs::read(dir.join("bin/busybox"))
                     .with_context(|| format!("reading bin/busybox from {}", deb.display()))?,
                 copyright: fs::read(dir.join("usr/share/doc/busybox-static/copyright"))
-                    .with_context(|| format!("reading the copyright file from {}", deb.display()))?,
+                    .with_context(|| {
+                        format!("reading the copyright file from {}", deb.display())
+                    })?,
                 version,
             });
         }
@@ -93,7 +95,8 @@ impl Inputs {
             "aarch64" => "arm64",
             other => bail!("no busybox-static package to run on {other}"),
         };
-        let list = run(Command::new(work.path().join(host).join("bin/busybox")).arg("--list-full"))?;
+        let list =
+            run(Command::new(work.path().join(host).join("bin/busybox")).arg("--list-full"))?;
         let applets = String::from_utf8(list)
             .context("applet list is not utf-8")?
             .lines()
@@ -109,7 +112,9 @@ impl Inputs {
 fn find_deb(dir: &Path, arch: &str) -> Result<PathBuf> {
     let suffix = format!("_{arch}.deb");
     let mut found: Vec<PathBuf> = fs::read_dir(dir)
-        .with_context(|| format!("reading {} (run dev/setup to fetch the busybox-static .debs)", dir.display()))?
+        .with_context(|| {
+            format!("reading {} (run dev/setup to fetch the busybox-static .debs)", dir.display())
+        })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             p.file_name()
@@ -246,11 +251,8 @@ pub fn rootfs_layer(input: &ArchInput, applets: &[String]) -> Result<Vec<u8>> {
         ),
         file("etc/group", 0o644, b"root:x:0:\nnobody:x:65534:\nuser:x:1000:\n".to_vec()),
     ];
-    let dirs: Vec<String> = entries
-        .iter()
-        .filter(|e| matches!(e.kind, Kind::Dir))
-        .map(|e| e.path.clone())
-        .collect();
+    let dirs: Vec<String> =
+        entries.iter().filter(|e| matches!(e.kind, Kind::Dir)).map(|e| e.path.clone()).collect();
     for applet in applets {
         let parent = applet.rsplit_once('/').map_or("", |(p, _)| p);
         ensure!(dirs.iter().any(|d| d == parent), "applet {applet} lives in an unexpected dir");
@@ -420,11 +422,8 @@ pub fn render(inputs: &Inputs) -> Result<BTreeMap<String, Vec<u8>>> {
         d.platform = Some(b.platform.clone());
         manifests.push(d);
     }
-    let index = serde_json::to_vec(&Index {
-        schema_version: 2,
-        media_type: MT_INDEX.into(),
-        manifests,
-    })?;
+    let index =
+        serde_json::to_vec(&Index { schema_version: 2, media_type: MT_INDEX.into(), manifests })?;
     blobs.insert(sha256(&index), index.clone());
     let mut top = descriptor(MT_INDEX, &index);
     top.annotations =
@@ -436,10 +435,8 @@ pub fn render(inputs: &Inputs) -> Result<BTreeMap<String, Vec<u8>>> {
     })?;
     let oci_layout = br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec();
 
-    let mut layout: Vec<(String, Vec<u8>)> = vec![
-        ("index.json".into(), index_json),
-        ("oci-layout".into(), oci_layout),
-    ];
+    let mut layout: Vec<(String, Vec<u8>)> =
+        vec![("index.json".into(), index_json), ("oci-layout".into(), oci_layout)];
     for (hex, data) in &blobs {
         layout.push((format!("blobs/sha256/{hex}"), data.clone()));
     }
@@ -582,7 +579,8 @@ mod tests {
 
     #[test]
     fn real_debs_build_reproducibly() {
-        let debs = std::env::var("KEELSON_DEBS").unwrap_or_else(|_| "/var/cache/keelson/debs".into());
+        let debs =
+            std::env::var("KEELSON_DEBS").unwrap_or_else(|_| "/var/cache/keelson/debs".into());
         let inputs = match Inputs::from_debs(Path::new(&debs)) {
             Ok(i) => i,
             Err(e) => {
@@ -622,7 +620,8 @@ mod tests {
         assert_eq!(top["annotations"]["org.opencontainers.image.ref.name"], "latest");
         let hex = top["digest"].as_str().expect("digest").trim_start_matches("sha256:");
         let nested: serde_json::Value =
-            serde_json::from_slice(&files[&format!("busybox-oci/blobs/sha256/{hex}")]).expect("nested");
+            serde_json::from_slice(&files[&format!("busybox-oci/blobs/sha256/{hex}")])
+                .expect("nested");
         let arches: Vec<&str> = nested["manifests"]
             .as_array()
             .expect("manifests")

@@ -132,7 +132,9 @@ impl ContentStore {
         let mut out = Vec::new();
         for e in fs::read_dir(&self.blobs).map_err(io_err("listing", &self.blobs))? {
             let e = e.map_err(io_err("listing", &self.blobs))?;
-            if let Some(d) = e.file_name().to_str().and_then(|n| Digest::parse(&format!("sha256:{n}")).ok()) {
+            if let Some(d) =
+                e.file_name().to_str().and_then(|n| Digest::parse(&format!("sha256:{n}")).ok())
+            {
                 out.push(d);
             }
         }

@@ -17,7 +17,8 @@ impl Digest {
     /// Parses `sha256:<64 lowercase hex>`.
     pub fn parse(s: &str) -> Result<Self> {
         let hex = s.strip_prefix("sha256:").ok_or_else(|| Error::InvalidDigest(s.to_owned()))?;
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(Error::InvalidDigest(s.to_owned()));
         }
         Ok(Self(s.to_owned()))
@@ -78,7 +79,7 @@ impl From<Digest> for String {
 impl TryFrom<&oci_spec::image::Digest> for Digest {
     type Error = Error;
     fn try_from(d: &oci_spec::image::Digest) -> Result<Self> {
-        Self::parse(&d.to_string())
+        Self::parse(d.as_ref())
     }
 }
 

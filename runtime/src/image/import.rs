@@ -84,9 +84,12 @@ impl Source {
     }
 
     fn archive(&self) -> Result<tar::Archive<Box<dyn Read>>> {
-        let Source::Tar { path, gzip } = self else { unreachable!("archive() is only called on tars") };
+        let Source::Tar { path, gzip } = self else {
+            unreachable!("archive() is only called on tars")
+        };
         let f = BufReader::new(File::open(path).map_err(io_err("opening", path))?);
-        let r: Box<dyn Read> = if *gzip { Box::new(flate2::read::GzDecoder::new(f)) } else { Box::new(f) };
+        let r: Box<dyn Read> =
+            if *gzip { Box::new(flate2::read::GzDecoder::new(f)) } else { Box::new(f) };
         Ok(tar::Archive::new(r))
     }
 
@@ -102,7 +105,11 @@ impl Source {
     }
 
     /// Runs `f` on the file `rel` (`index.json`, `blobs/sha256/…`); `None` if absent.
-    fn with_file<T>(&self, rel: &str, f: impl FnOnce(&mut dyn Read, Option<u64>) -> Result<T>) -> Result<Option<T>> {
+    fn with_file<T>(
+        &self,
+        rel: &str,
+        f: impl FnOnce(&mut dyn Read, Option<u64>) -> Result<T>,
+    ) -> Result<Option<T>> {
         match self {
             Source::Dir(dir) => {
                 let p = dir.join(rel);
@@ -120,7 +127,10 @@ impl Source {
                 for e in a.entries().map_err(io_err("reading", path))? {
                     let mut e = e.map_err(io_err("reading", path))?;
                     if normalize(&e.path_bytes()) == rel
-                        && matches!(e.header().entry_type(), tar::EntryType::Regular | tar::EntryType::Continuous)
+                        && matches!(
+                            e.header().entry_type(),
+                            tar::EntryType::Regular | tar::EntryType::Continuous
+                        )
                     {
                         let len = e.header().size().ok();
                         return f(&mut e, len).map(Some);
@@ -135,13 +145,21 @@ impl Source {
         const LIMIT: u64 = 16 << 20;
         self.with_file(rel, |r, _| {
             let mut data = Vec::new();
-            r.take(LIMIT + 1).read_to_end(&mut data).map_err(|source| Error::Read { what: rel.to_owned(), source })?;
+            r.take(LIMIT + 1)
+                .read_to_end(&mut data)
+                .map_err(|source| Error::Read { what: rel.to_owned(), source })?;
             if data.len() as u64 > LIMIT {
-                return Err(Error::Archive { path: self.path().to_owned(), reason: format!("{rel} is too large") });
+                return Err(Error::Archive {
+                    path: self.path().to_owned(),
+                    reason: format!("{rel} is too large"),
+                });
             }
             Ok(data)
         })?
-        .ok_or_else(|| Error::Archive { path: self.path().to_owned(), reason: format!("{rel} is missing") })
+        .ok_or_else(|| Error::Archive {
+            path: self.path().to_owned(),
+            reason: format!("{rel} is missing"),
+        })
     }
 
     /// Copies the file `rel` into the store as `digest`, verified.
@@ -155,22 +173,47 @@ impl Source {
     ) -> Result<()> {
         let id = digest.short().to_owned();
         if content.contains(digest) {
-            emit(progress, Progress::Blob { id, phase: Phase::Exists, done: size.unwrap_or(0), total: size.unwrap_or(0) });
+            emit(
+                progress,
+                Progress::Blob {
+                    id,
+                    phase: Phase::Exists,
+                    done: size.unwrap_or(0),
+                    total: size.unwrap_or(0),
+                },
+            );
             return Ok(());
         }
         let res = self.with_file(rel, |r, len| {
             let total = size.or(len).unwrap_or(0);
             content.write_from(digest, size, r, |done| {
-                emit(progress, Progress::Blob { id: id.clone(), phase: Phase::Transferring, done, total });
+                emit(
+                    progress,
+                    Progress::Blob { id: id.clone(), phase: Phase::Transferring, done, total },
+                );
             })?;
-            emit(progress, Progress::Blob { id: id.clone(), phase: Phase::Done, done: total, total });
+            emit(
+                progress,
+                Progress::Blob { id: id.clone(), phase: Phase::Done, done: total, total },
+            );
             Ok(())
         });
         match res {
             Ok(Some(())) => Ok(()),
-            Ok(None) => Err(Error::Archive { path: self.path().to_owned(), reason: format!("{rel} is missing") }),
+            Ok(None) => Err(Error::Archive {
+                path: self.path().to_owned(),
+                reason: format!("{rel} is missing"),
+            }),
             Err(e) => {
-                emit(progress, Progress::Blob { id: digest.short().to_owned(), phase: Phase::Failed, done: 0, total: size.unwrap_or(0) });
+                emit(
+                    progress,
+                    Progress::Blob {
+                        id: digest.short().to_owned(),
+                        phase: Phase::Failed,
+                        done: 0,
+                        total: size.unwrap_or(0),
+                    },
+                );
                 Err(e)
             }
         }
@@ -295,11 +338,22 @@ fn import_oci(
     let m = manifest::parse_manifest(&manifest_bytes, &format!("manifest {manifest_digest}"))?;
     emit(
         progress,
-        Progress::Resolved { reference: name.clone(), manifest: manifest_digest.to_string(), layers: m.layers().len() },
+        Progress::Resolved {
+            reference: name.clone(),
+            manifest: manifest_digest.to_string(),
+            layers: m.layers().len(),
+        },
     );
     let config_digest = manifest::descriptor_digest(m.config())?;
-    src.store(content, &blob_path(&config_digest), &config_digest, Some(m.config().size()), progress)?;
-    let config = manifest::parse_config(&content.read(&config_digest)?, &format!("config {config_digest}"))?;
+    src.store(
+        content,
+        &blob_path(&config_digest),
+        &config_digest,
+        Some(m.config().size()),
+        progress,
+    )?;
+    let config =
+        manifest::parse_config(&content.read(&config_digest)?, &format!("config {config_digest}"))?;
     for l in m.layers() {
         let d = manifest::descriptor_digest(l)?;
         src.store(content, &blob_path(&d), &d, Some(l.size()), progress)?;
@@ -323,8 +377,9 @@ fn import_docker(
     progress: Option<&ProgressSender>,
 ) -> Result<ImageRecord> {
     let data = src.read_small("manifest.json")?;
-    let entries: Vec<DockerEntry> = serde_json::from_slice(&data)
-        .map_err(|source| Error::Json { what: format!("{}: manifest.json", src.path().display()), source })?;
+    let entries: Vec<DockerEntry> = serde_json::from_slice(&data).map_err(|source| {
+        Error::Json { what: format!("{}: manifest.json", src.path().display()), source }
+    })?;
     let wanted = match &opts.name {
         Some(n) => Some(manifest::record_name(&manifest::parse_reference(n)?)),
         None => None,
@@ -340,7 +395,10 @@ fn import_docker(
         Some(w) if entries.len() > 1 => entries.iter().find(|e| tags_of(e).contains(w)),
         _ => entries.first(),
     }
-    .ok_or_else(|| Error::Archive { path: src.path().to_owned(), reason: "no matching image in manifest.json".into() })?;
+    .ok_or_else(|| Error::Archive {
+        path: src.path().to_owned(),
+        reason: "no matching image in manifest.json".into(),
+    })?;
     let name = wanted
         .or_else(|| tags_of(entry).into_iter().next())
         .ok_or_else(|| Error::NoName(src.path().to_owned()))?;
@@ -357,13 +415,21 @@ fn import_docker(
             reason: format!("{} layers but {} diff ids", entry.layers.len(), diff_ids.len()),
         });
     }
-    emit(progress, Progress::Resolved { reference: name.clone(), manifest: String::new(), layers: diff_ids.len() });
+    emit(
+        progress,
+        Progress::Resolved {
+            reference: name.clone(),
+            manifest: String::new(),
+            layers: diff_ids.len(),
+        },
+    );
     let mut layers = Vec::new();
     for (rel, diff) in entry.layers.iter().zip(diff_ids) {
         let d = Digest::parse(diff)?;
         // Layers of a docker archive are uncompressed: the blob digest is the diff id.
         src.store(content, &normalize(rel.as_bytes()), &d, None, progress)?;
-        let size = content.open_blob(&d)?.metadata().map_err(io_err("reading", &content.path(&d)))?.len();
+        let size =
+            content.open_blob(&d)?.metadata().map_err(io_err("reading", &content.path(&d)))?.len();
         layers.push(descriptor(MediaType::ImageLayer, &d, size)?);
     }
     let spec = |source| Error::Spec { what: "synthesized manifest".into(), source };
@@ -387,10 +453,8 @@ fn import_docker(
 }
 
 fn descriptor(mt: MediaType, d: &Digest, size: u64) -> Result<oci_spec::image::Descriptor> {
-    let digest: oci_spec::image::Digest = d
-        .as_str()
-        .parse()
-        .map_err(|source| Error::Spec { what: format!("digest {d}"), source })?;
+    let digest: oci_spec::image::Digest =
+        d.as_str().parse().map_err(|source| Error::Spec { what: format!("digest {d}"), source })?;
     DescriptorBuilder::default()
         .media_type(mt)
         .digest(digest)

@@ -83,7 +83,11 @@ impl Platform {
             "x86" => ("386", None),
             other => (other, None),
         };
-        Self { os: "linux".into(), architecture: architecture.into(), variant: variant.map(Into::into) }
+        Self {
+            os: "linux".into(),
+            architecture: architecture.into(),
+            variant: variant.map(Into::into),
+        }
     }
 
     /// Parses `os/arch[/variant]`.
@@ -166,10 +170,9 @@ pub fn parse_config(data: &[u8], what: &str) -> Result<ImageConfiguration> {
 /// Picks the manifest for `want` from an index.
 pub fn select_manifest(index: &ImageIndex, want: &Platform) -> Result<Descriptor> {
     let candidates = || {
-        index
-            .manifests()
-            .iter()
-            .filter(|d| is_manifest(&d.media_type().to_string()) || d.media_type().to_string().is_empty())
+        index.manifests().iter().filter(|d| {
+            is_manifest(d.media_type().as_ref()) || d.media_type().to_string().is_empty()
+        })
     };
     if let Some(d) = candidates().find(|d| d.platform().as_ref().is_some_and(|p| want.matches(p))) {
         return Ok(d.clone());
@@ -260,11 +263,14 @@ mod tests {
             "test index",
         )
         .expect("index");
-        let arm = select_manifest(&index, &Platform::parse("linux/arm64").expect("p")).expect("arm64");
+        let arm =
+            select_manifest(&index, &Platform::parse("linux/arm64").expect("p")).expect("arm64");
         assert!(arm.digest().to_string().ends_with("2222"));
-        let amd = select_manifest(&index, &Platform::parse("linux/amd64").expect("p")).expect("amd64");
+        let amd =
+            select_manifest(&index, &Platform::parse("linux/amd64").expect("p")).expect("amd64");
         assert!(amd.digest().to_string().ends_with("1111"));
-        let err = select_manifest(&index, &Platform::parse("linux/s390x").expect("p")).expect_err("none");
+        let err =
+            select_manifest(&index, &Platform::parse("linux/s390x").expect("p")).expect_err("none");
         assert!(err.to_string().contains("linux/arm64/v8"), "{err}");
     }
 }

@@ -153,8 +153,7 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let path = tmp.path().join("metadata.json");
         assert_eq!(Metadata::load(&path).expect("missing is empty"), Metadata::default());
-        let mut m = Metadata::default();
-        m.next_snapshot = 7;
+        let m = Metadata { next_snapshot: 7, ..Default::default() };
         m.save(&path).expect("save");
         assert_eq!(Metadata::load(&path).expect("load"), m);
         fs::write(&path, br#"{"version": 99}"#).expect("write");

@@ -421,7 +421,11 @@ impl ImageStore {
             .map_err(Error::Task)?
     }
 
-    fn store_record(&self, record: ImageRecord, progress: Option<&ProgressSender>) -> Result<Image> {
+    fn store_record(
+        &self,
+        record: ImageRecord,
+        progress: Option<&ProgressSender>,
+    ) -> Result<Image> {
         let image = self.load(record.clone())?;
         let mut meta = self.meta();
         let mut next = meta.clone();
@@ -458,21 +462,38 @@ impl ImageStore {
     /// Finds an image by name (`busybox`, `registry:5000/x/y:tag`), by `name@sha256:…`, by
     /// digest (`sha256:…` of its config, manifest or index) or by an id prefix (≥ 4 hex).
     pub fn get(&self, reference: &str) -> Result<Image> {
-        let record = self.find(reference)?.into_iter().next().ok_or_else(|| Error::NotFound(reference.to_owned()))?;
+        let record = self
+            .find(reference)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::NotFound(reference.to_owned()))?;
         self.load(record)
     }
 
     fn find(&self, reference: &str) -> Result<Vec<ImageRecord>> {
         let meta = self.meta();
-        let matches_digest =
-            |r: &ImageRecord, d: &str| [&r.config, &r.manifest, &r.target].iter().any(|x| x.as_str() == d);
+        let matches_digest = |r: &ImageRecord, d: &str| {
+            [&r.config, &r.manifest, &r.target].iter().any(|x| x.as_str() == d)
+        };
         if reference.starts_with("sha256:") {
             let d = Digest::parse(reference)?;
-            return Ok(meta.images.values().filter(|r| matches_digest(r, d.as_str())).cloned().collect());
+            return Ok(meta
+                .images
+                .values()
+                .filter(|r| matches_digest(r, d.as_str()))
+                .cloned()
+                .collect());
         }
-        if reference.len() >= 4 && reference.len() <= 64 && reference.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let found: Vec<ImageRecord> =
-                meta.images.values().filter(|r| r.config.hex().starts_with(reference)).cloned().collect();
+        if reference.len() >= 4
+            && reference.len() <= 64
+            && reference.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            let found: Vec<ImageRecord> = meta
+                .images
+                .values()
+                .filter(|r| r.config.hex().starts_with(reference))
+                .cloned()
+                .collect();
             let ids: BTreeSet<&Digest> = found.iter().map(|r| &r.config).collect();
             if ids.len() > 1 {
                 return Err(Error::Ambiguous(reference.to_owned()));
@@ -563,7 +584,12 @@ impl ImageStore {
         Ok(mount)
     }
 
-    fn ensure_snapshot(&self, layer: &LayerRecord, chain: &Digest, parent: Option<Digest>) -> Result<String> {
+    fn ensure_snapshot(
+        &self,
+        layer: &LayerRecord,
+        chain: &Digest,
+        parent: Option<Digest>,
+    ) -> Result<String> {
         let snapshots = self.inner.root.join("snapshots");
         if let Some(rec) = self.meta().snapshots.get(chain) {
             if snapshots.join(&rec.id).join("fs").is_dir() {

@@ -64,7 +64,10 @@ pub fn is_insecure(registry: &str, insecure: &[String]) -> bool {
     host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-fn registry_err(op: &'static str, r: &Reference) -> impl FnOnce(oci_client::errors::OciDistributionError) -> Error {
+fn registry_err(
+    op: &'static str,
+    r: &Reference,
+) -> impl FnOnce(oci_client::errors::OciDistributionError) -> Error {
     let reference = r.whole();
     move |source| Error::Registry { op, reference, source }
 }
@@ -101,7 +104,10 @@ pub async fn pull(
         max_concurrent_download: opts.max_concurrent.max(1),
         ..Default::default()
     });
-    client.auth(&r, auth, RegistryOperation::Pull).await.map_err(registry_err("authenticating for", &r))?;
+    client
+        .auth(&r, auth, RegistryOperation::Pull)
+        .await
+        .map_err(registry_err("authenticating for", &r))?;
 
     // The manifest (or index) the reference names.
     let (data, _) = client
@@ -111,10 +117,14 @@ pub async fn pull(
     let target = Digest::of(&data);
     if let Some(expected) = r.digest() {
         if expected != target.as_str() {
-            return Err(Error::DigestMismatch { expected: expected.to_owned(), actual: target.to_string() });
+            return Err(Error::DigestMismatch {
+                expected: expected.to_owned(),
+                actual: target.to_string(),
+            });
         }
     }
-    let target_mt = manifest::sniff_media_type(&data).unwrap_or_else(|| manifest::OCI_MANIFEST.to_owned());
+    let target_mt =
+        manifest::sniff_media_type(&data).unwrap_or_else(|| manifest::OCI_MANIFEST.to_owned());
     content.write_bytes(&target, &data)?;
 
     let want = opts.platform.clone().unwrap_or_else(Platform::host);
@@ -138,24 +148,47 @@ pub async fn pull(
     let name = manifest::record_name(&r);
     emit(
         progress,
-        Progress::Resolved { reference: name.clone(), manifest: manifest_digest.to_string(), layers: m.layers().len() },
+        Progress::Resolved {
+            reference: name.clone(),
+            manifest: manifest_digest.to_string(),
+            layers: m.layers().len(),
+        },
     );
 
     let config_digest = manifest::descriptor_digest(m.config())?;
-    fetch_blob(&client, &r, content, &config_digest, &m.config().media_type().to_string(), m.config().size(), progress)
-        .await?;
-    let config = manifest::parse_config(&content.read(&config_digest)?, &format!("config {config_digest}"))?;
+    fetch_blob(
+        &client,
+        &r,
+        content,
+        &config_digest,
+        m.config().media_type().as_ref(),
+        m.config().size(),
+        progress,
+    )
+    .await?;
+    let config =
+        manifest::parse_config(&content.read(&config_digest)?, &format!("config {config_digest}"))?;
 
     let mut layers = Vec::new();
     for l in m.layers() {
         let d = manifest::descriptor_digest(l)?;
-        emit(progress, Progress::Blob { id: d.short().to_owned(), phase: Phase::Waiting, done: 0, total: l.size() });
+        emit(
+            progress,
+            Progress::Blob {
+                id: d.short().to_owned(),
+                phase: Phase::Waiting,
+                done: 0,
+                total: l.size(),
+            },
+        );
         layers.push((d, l.media_type().to_string(), l.size()));
     }
-    futures::stream::iter(layers.iter().map(|(d, mt, size)| fetch_blob(&client, &r, content, d, mt, *size, progress)))
-        .buffer_unordered(opts.max_concurrent.max(1))
-        .try_collect::<Vec<()>>()
-        .await?;
+    futures::stream::iter(
+        layers.iter().map(|(d, mt, size)| fetch_blob(&client, &r, content, d, mt, *size, progress)),
+    )
+    .buffer_unordered(opts.max_concurrent.max(1))
+    .try_collect::<Vec<()>>()
+    .await?;
 
     manifest::build_record(name, (target, target_mt), manifest_digest, &m, &config)
 }
@@ -182,16 +215,29 @@ async fn fetch_blob(
         let mut w = content.writer(digest, Some(size))?;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|source| Error::Read { what: digest.to_string(), source })?;
-            std::io::Write::write_all(&mut w, &chunk)
-                .map_err(|source| Error::Read { what: format!("{digest} into the store"), source })?;
-            emit(progress, Progress::Blob { id: id.clone(), phase: Phase::Transferring, done: w.written(), total: size });
+            std::io::Write::write_all(&mut w, &chunk).map_err(|source| Error::Read {
+                what: format!("{digest} into the store"),
+                source,
+            })?;
+            emit(
+                progress,
+                Progress::Blob {
+                    id: id.clone(),
+                    phase: Phase::Transferring,
+                    done: w.written(),
+                    total: size,
+                },
+            );
         }
         // fsync and rename off the async workers.
         tokio::task::spawn_blocking(move || w.commit()).await.map_err(Error::Task)?
     }
     .await;
     let phase = if res.is_ok() { Phase::Done } else { Phase::Failed };
-    emit(progress, Progress::Blob { id, phase, done: if res.is_ok() { size } else { 0 }, total: size });
+    emit(
+        progress,
+        Progress::Blob { id, phase, done: if res.is_ok() { size } else { 0 }, total: size },
+    );
     res
 }
 

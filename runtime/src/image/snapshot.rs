@@ -63,12 +63,19 @@ impl Mounter for OverlayMounter {
             nix::mount::MsFlags::empty(),
             Some(options.as_str()),
         )
-        .map_err(|e| Error::Io { op: "mounting overlay on", path: target.to_owned(), source: e.into() })
+        .map_err(|e| Error::Io {
+            op: "mounting overlay on",
+            path: target.to_owned(),
+            source: e.into(),
+        })
     }
 
     fn unmount(&self, target: &Path) -> Result<()> {
-        nix::mount::umount2(target, nix::mount::MntFlags::empty())
-            .map_err(|e| Error::Io { op: "unmounting", path: target.to_owned(), source: e.into() })
+        nix::mount::umount2(target, nix::mount::MntFlags::empty()).map_err(|e| Error::Io {
+            op: "unmounting",
+            path: target.to_owned(),
+            source: e.into(),
+        })
     }
 }
 
@@ -97,8 +104,14 @@ mod tests {
             upperdir: "/c/x/upper".into(),
             workdir: "/c/x/work".into(),
         };
-        assert_eq!(m.options().expect("options"), "lowerdir=/s/2/fs:/s/1/fs,upperdir=/c/x/upper,workdir=/c/x/work");
-        let many = RootfsMount { lowerdirs: vec!["/var/lib/keelson/images/snapshots/123/fs".into(); 200], ..m };
+        assert_eq!(
+            m.options().expect("options"),
+            "lowerdir=/s/2/fs:/s/1/fs,upperdir=/c/x/upper,workdir=/c/x/work"
+        );
+        let many = RootfsMount {
+            lowerdirs: vec!["/var/lib/keelson/images/snapshots/123/fs".into(); 200],
+            ..m
+        };
         assert!(matches!(many.options(), Err(Error::OptionsTooLong(200))));
     }
 

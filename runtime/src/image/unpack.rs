@@ -36,7 +36,9 @@ use std::path::Path;
 
 use nix::errno::Errno;
 use nix::fcntl::{openat, openat2, OFlag, OpenHow, ResolveFlag};
-use nix::sys::stat::{fchmod, fchmodat, fstatat, futimens, mkdirat, mknodat, FchmodatFlags, Mode, SFlag};
+use nix::sys::stat::{
+    fchmod, fchmodat, fstatat, futimens, mkdirat, mknodat, FchmodatFlags, Mode, SFlag,
+};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{linkat, symlinkat, unlinkat, UnlinkatFlags};
 use sha2::{Digest as _, Sha256};
@@ -82,7 +84,8 @@ impl PrivilegedOps for HostOps {
     }
 
     fn set_xattr(&self, fd: BorrowedFd<'_>, name: &str, value: &[u8]) -> io::Result<()> {
-        let name = std::ffi::CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let name = std::ffi::CString::new(name)
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         // SAFETY: `name` is a NUL-terminated string and `value` a valid slice, both alive for
         // the call; `fd` is an open descriptor borrowed for the call.
         let rc = unsafe {
@@ -125,7 +128,10 @@ impl<R: Read> Read for HashingReader<R> {
 
 /// Decompresses by magic number (gzip `1f 8b`, zstd `28 b5 2f fd`), falling back to the media
 /// type's suffix; anything else is read as a plain tar.
-pub fn decompress<'a, R: BufRead + 'a>(mut reader: R, media_type: &str) -> io::Result<Box<dyn Read + 'a>> {
+pub fn decompress<'a, R: BufRead + 'a>(
+    mut reader: R,
+    media_type: &str,
+) -> io::Result<Box<dyn Read + 'a>> {
     let head = reader.fill_buf()?;
     if head.starts_with(&[0x1f, 0x8b]) || (head.is_empty() && media_type.ends_with("gzip")) {
         Ok(Box::new(flate2::bufread::MultiGzDecoder::new(reader)))
@@ -264,7 +270,8 @@ pub fn unpack_layer(
     let mut archive = tar::Archive::new(HashingReader { inner: reader, hasher: Sha256::new() });
     let root_file = File::open(dest).map_err(fail("opening", &dest.display().to_string()))?;
     let root = root_file.as_fd();
-    let mut stats = UnpackStats { diff_id: Digest::of(b""), entries: 0, skipped_devices: 0, skipped_xattrs: 0 };
+    let mut stats =
+        UnpackStats { diff_id: Digest::of(b""), entries: 0, skipped_devices: 0, skipped_xattrs: 0 };
     let mut dir_times: Vec<(std::path::PathBuf, i64)> = Vec::new();
 
     for entry in archive.entries().map_err(fail("reading", ""))? {
@@ -291,13 +298,15 @@ pub fn unpack_layer(
             if kind.is_dir() {
                 let fd = open_in_root(root, Path::new(""), OFlag::O_RDONLY | OFlag::O_DIRECTORY)
                     .map_err(nix_fail("opening", &shown))?;
-                fchmod(fd.as_raw_fd(), Mode::from_bits_truncate(mode)).map_err(nix_fail("chmod", &shown))?;
+                fchmod(fd.as_raw_fd(), Mode::from_bits_truncate(mode))
+                    .map_err(nix_fail("chmod", &shown))?;
                 dir_times.push((std::path::PathBuf::new(), mtime));
             }
             continue;
         };
         let name_str = name.to_string_lossy().into_owned();
-        let pfd = open_dir_creating(root, &parent).map_err(nix_fail("opening parent of", &shown))?;
+        let pfd =
+            open_dir_creating(root, &parent).map_err(nix_fail("opening parent of", &shown))?;
         let pfd = pfd.as_fd();
 
         if name_str == OPAQUE {
@@ -309,7 +318,11 @@ pub fn unpack_layer(
         }
         if let Some(hidden) = name_str.strip_prefix(WHITEOUT) {
             let hidden = OsStr::new(hidden);
-            if hidden.is_empty() || hidden == "." || hidden == ".." || name_str.starts_with(".wh..wh.") {
+            if hidden.is_empty()
+                || hidden == "."
+                || hidden == ".."
+                || name_str.starts_with(".wh..wh.")
+            {
                 tracing::debug!(layer, entry = shown, "ignoring reserved whiteout name");
                 continue;
             }
@@ -322,16 +335,18 @@ pub fn unpack_layer(
             continue;
         }
 
-        let xattrs: Vec<(String, Vec<u8>)> = match entry.pax_extensions().map_err(fail("reading pax of", &shown))? {
-            None => Vec::new(),
-            Some(exts) => exts
-                .filter_map(|e| e.ok())
-                .filter_map(|e| {
-                    let key = e.key().ok()?;
-                    key.strip_prefix("SCHILY.xattr.").map(|k| (k.to_owned(), e.value_bytes().to_owned()))
-                })
-                .collect(),
-        };
+        let xattrs: Vec<(String, Vec<u8>)> =
+            match entry.pax_extensions().map_err(fail("reading pax of", &shown))? {
+                None => Vec::new(),
+                Some(exts) => exts
+                    .filter_map(|e| e.ok())
+                    .filter_map(|e| {
+                        let key = e.key().ok()?;
+                        key.strip_prefix("SCHILY.xattr.")
+                            .map(|k| (k.to_owned(), e.value_bytes().to_owned()))
+                    })
+                    .collect(),
+            };
         let apply_xattrs = |fd: BorrowedFd<'_>, stats: &mut UnpackStats| -> Result<()> {
             for (k, v) in &xattrs {
                 if xattr_allowed(k) {
@@ -349,7 +364,11 @@ pub fn unpack_layer(
             tar::EntryType::Directory => {
                 if !is_dir_at(pfd, &name) {
                     remove_at(pfd, &name).map_err(nix_fail("replacing", &shown))?;
-                    match mkdirat(Some(pfd.as_raw_fd()), name.as_os_str(), Mode::from_bits_truncate(0o700)) {
+                    match mkdirat(
+                        Some(pfd.as_raw_fd()),
+                        name.as_os_str(),
+                        Mode::from_bits_truncate(0o700),
+                    ) {
                         Ok(()) | Err(Errno::EEXIST) => {}
                         Err(e) => return Err(nix_fail("creating directory", &shown)(e)),
                     }
@@ -364,7 +383,8 @@ pub fn unpack_layer(
                     .map_err(nix_fail("opening", &shown))?,
                 );
                 ops.chown(pfd, &name, uid, gid).map_err(fail("chown", &shown))?;
-                fchmod(fd.as_raw_fd(), Mode::from_bits_truncate(mode)).map_err(nix_fail("chmod", &shown))?;
+                fchmod(fd.as_raw_fd(), Mode::from_bits_truncate(mode))
+                    .map_err(nix_fail("chmod", &shown))?;
                 apply_xattrs(fd.as_fd(), &mut stats)?;
                 dir_times.push((parent.join(&name), mtime));
             }
@@ -374,7 +394,11 @@ pub fn unpack_layer(
                     openat(
                         Some(pfd.as_raw_fd()),
                         name.as_os_str(),
-                        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                        OFlag::O_WRONLY
+                            | OFlag::O_CREAT
+                            | OFlag::O_EXCL
+                            | OFlag::O_NOFOLLOW
+                            | OFlag::O_CLOEXEC,
                         Mode::from_bits_truncate(0o600),
                     )
                     .map_err(nix_fail("creating", &shown))?,
@@ -382,14 +406,18 @@ pub fn unpack_layer(
                 let mut file = File::from(fd);
                 io::copy(&mut entry, &mut file).map_err(fail("writing", &shown))?;
                 ops.chown(pfd, &name, uid, gid).map_err(fail("chown", &shown))?;
-                fchmod(file.as_raw_fd(), Mode::from_bits_truncate(mode)).map_err(nix_fail("chmod", &shown))?;
+                fchmod(file.as_raw_fd(), Mode::from_bits_truncate(mode))
+                    .map_err(nix_fail("chmod", &shown))?;
                 apply_xattrs(file.as_fd(), &mut stats)?;
-                futimens(file.as_raw_fd(), &times[0], &times[1]).map_err(nix_fail("setting times of", &shown))?;
+                futimens(file.as_raw_fd(), &times[0], &times[1])
+                    .map_err(nix_fail("setting times of", &shown))?;
             }
             tar::EntryType::Symlink => {
                 let target = entry
                     .link_name_bytes()
-                    .ok_or_else(|| fail("reading link of", &shown)(io::ErrorKind::InvalidData.into()))?
+                    .ok_or_else(|| {
+                        fail("reading link of", &shown)(io::ErrorKind::InvalidData.into())
+                    })?
                     .into_owned();
                 remove_at(pfd, &name).map_err(nix_fail("replacing", &shown))?;
                 symlinkat(OsStr::from_bytes(&target), Some(pfd.as_raw_fd()), name.as_os_str())
@@ -407,7 +435,9 @@ pub fn unpack_layer(
             tar::EntryType::Link => {
                 let target = entry
                     .link_name_bytes()
-                    .ok_or_else(|| fail("reading link of", &shown)(io::ErrorKind::InvalidData.into()))?
+                    .ok_or_else(|| {
+                        fail("reading link of", &shown)(io::ErrorKind::InvalidData.into())
+                    })?
                     .into_owned();
                 let target = Path::new(OsStr::from_bytes(&target));
                 let (tparent, tname) = match target.file_name() {
@@ -431,8 +461,14 @@ pub fn unpack_layer(
             }
             tar::EntryType::Fifo => {
                 remove_at(pfd, &name).map_err(nix_fail("replacing", &shown))?;
-                mknodat(Some(pfd.as_raw_fd()), name.as_os_str(), SFlag::S_IFIFO, Mode::from_bits_truncate(0o600), 0)
-                    .map_err(nix_fail("creating fifo", &shown))?;
+                mknodat(
+                    Some(pfd.as_raw_fd()),
+                    name.as_os_str(),
+                    SFlag::S_IFIFO,
+                    Mode::from_bits_truncate(0o600),
+                    0,
+                )
+                .map_err(nix_fail("creating fifo", &shown))?;
                 ops.chown(pfd, &name, uid, gid).map_err(fail("chown", &shown))?;
                 fchmodat(
                     Some(pfd.as_raw_fd()),
@@ -491,14 +527,24 @@ pub(crate) mod tests {
 
     impl PrivilegedOps for RecordingOps {
         fn whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
-            self.calls.lock().expect("lock").push(format!("whiteout {}/{}", fd_path(dir), name.to_string_lossy()));
+            self.calls.lock().expect("lock").push(format!(
+                "whiteout {}/{}",
+                fd_path(dir),
+                name.to_string_lossy()
+            ));
             Ok(())
         }
         fn set_opaque(&self, dir: BorrowedFd<'_>) -> io::Result<()> {
             self.calls.lock().expect("lock").push(format!("opaque {}", fd_path(dir)));
             Ok(())
         }
-        fn chown(&self, _dir: BorrowedFd<'_>, _name: &OsStr, _uid: u32, _gid: u32) -> io::Result<()> {
+        fn chown(
+            &self,
+            _dir: BorrowedFd<'_>,
+            _name: &OsStr,
+            _uid: u32,
+            _gid: u32,
+        ) -> io::Result<()> {
             Ok(())
         }
         fn set_xattr(&self, fd: BorrowedFd<'_>, name: &str, value: &[u8]) -> io::Result<()> {
@@ -577,7 +623,8 @@ pub(crate) mod tests {
         fs::create_dir(&dest).expect("mkdir");
         let ops = RecordingOps::default();
         let data = layer(entries);
-        let res = unpack_layer(&data[..], "application/vnd.oci.image.layer.v1.tar", &dest, "test", &ops);
+        let res =
+            unpack_layer(&data[..], "application/vnd.oci.image.layer.v1.tar", &dest, "test", &ops);
         (tmp, res, ops)
     }
 
@@ -620,20 +667,33 @@ pub(crate) mod tests {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         io::Write::write_all(&mut gz, &data).expect("gz");
         let gz = gz.finish().expect("gz");
-        let stats = unpack_layer(&gz[..], "application/vnd.oci.image.layer.v1.tar+gzip", tmp.path(), "t", &RecordingOps::default())
-            .expect("unpack gzip");
+        let stats = unpack_layer(
+            &gz[..],
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            tmp.path(),
+            "t",
+            &RecordingOps::default(),
+        )
+        .expect("unpack gzip");
         assert_eq!(stats.diff_id, Digest::of(&data));
         let zst = zstd::encode_all(&data[..], 3).expect("zstd");
         let tmp2 = tempfile::tempdir().expect("tempdir");
-        let stats = unpack_layer(&zst[..], "application/vnd.oci.image.layer.v1.tar+zstd", tmp2.path(), "t", &RecordingOps::default())
-            .expect("unpack zstd");
+        let stats = unpack_layer(
+            &zst[..],
+            "application/vnd.oci.image.layer.v1.tar+zstd",
+            tmp2.path(),
+            "t",
+            &RecordingOps::default(),
+        )
+        .expect("unpack zstd");
         assert_eq!(stats.diff_id, Digest::of(&data));
         assert_eq!(fs::read(tmp2.path().join("a")).expect("read"), b"a");
     }
 
     #[test]
     fn hostile_layer_cannot_write_outside_snapshot_with_dotdot() {
-        let (tmp, res, _) = unpack(&[T::File("../escape", b"x"), T::File("a/../../../escape2", b"x")]);
+        let (tmp, res, _) =
+            unpack(&[T::File("../escape", b"x"), T::File("a/../../../escape2", b"x")]);
         res.expect("confined, not an error");
         assert_eq!(outside(tmp.path()), Vec::<String>::new());
         assert!(tmp.path().join("snap/escape").exists());
@@ -688,7 +748,10 @@ pub(crate) mod tests {
             assert!(res.is_err(), "link to {target} must fail");
         }
         // Through a symlinked directory as well.
-        let data = layer(&[T::Symlink("up", &tmp.path().display().to_string()), T::Hardlink("l", "up/canary")]);
+        let data = layer(&[
+            T::Symlink("up", &tmp.path().display().to_string()),
+            T::Hardlink("l", "up/canary"),
+        ]);
         assert!(unpack_layer(&data[..], "", &dest, "t", &RecordingOps::default()).is_err());
         assert_eq!(fs::metadata(&canary).expect("canary").nlink(), 1);
         assert_eq!(fs::read(&canary).expect("canary"), b"original");
@@ -714,7 +777,10 @@ pub(crate) mod tests {
         res.expect("unpack");
         let snap = tmp.path().join("snap").canonicalize().expect("canon");
         let calls = ops.calls.lock().expect("lock").clone();
-        assert!(calls.contains(&format!("whiteout {}/passwd", snap.join("etc").display())), "{calls:?}");
+        assert!(
+            calls.contains(&format!("whiteout {}/passwd", snap.join("etc").display())),
+            "{calls:?}"
+        );
         assert!(calls.contains(&format!("opaque {}", snap.join("var").display())), "{calls:?}");
         // The marker files themselves are never written.
         assert!(!snap.join("etc/.wh.passwd").exists());
@@ -738,7 +804,8 @@ pub(crate) mod tests {
 
     #[test]
     fn later_entries_replace_earlier_ones() {
-        let (tmp, res, _) = unpack(&[T::Dir("x/"), T::File("x/inner", b"1"), T::File("x", b"file now")]);
+        let (tmp, res, _) =
+            unpack(&[T::Dir("x/"), T::File("x/inner", b"1"), T::File("x", b"file now")]);
         res.expect("unpack");
         assert_eq!(fs::read(tmp.path().join("snap/x")).expect("x"), b"file now");
     }
