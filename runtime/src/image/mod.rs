@@ -31,6 +31,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use oci_spec::image::ImageConfiguration;
@@ -296,8 +297,12 @@ pub struct GcReport {
     pub blobs: Vec<Digest>,
     /// Snapshots (chain ids) deleted.
     pub snapshots: Vec<Digest>,
-    /// Stray directories (interrupted unpacks, unknown snapshots) deleted.
+    /// Snapshot directories deleted: those of `snapshots` plus leftovers of interrupted
+    /// unpacks.
     pub stray: Vec<PathBuf>,
+    /// The blob sweep was skipped because an import or pull was writing blobs that no record
+    /// names yet; run GC again later.
+    pub blobs_deferred: bool,
 }
 
 /// How a store is opened.
@@ -331,7 +336,26 @@ struct Inner {
     meta: Mutex<Metadata>,
     /// Serializes unpacking and GC so a layer is unpacked once and never collected mid-use.
     snapshots: Mutex<()>,
+    /// Imports and pulls in flight: their blobs are not referenced by a record until they end,
+    /// so GC leaves blobs alone while this is non-zero.
+    ingests: AtomicUsize,
     opts: StoreOptions,
+}
+
+/// Counts an import or pull as in flight while alive.
+struct IngestGuard<'a>(&'a AtomicUsize);
+
+impl<'a> IngestGuard<'a> {
+    fn new(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::SeqCst);
+        Self(n)
+    }
+}
+
+impl Drop for IngestGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl ImageStore {
@@ -361,6 +385,7 @@ impl ImageStore {
                 content,
                 meta: Mutex::new(meta),
                 snapshots: Mutex::new(()),
+                ingests: AtomicUsize::new(0),
                 opts,
             }),
         })
@@ -382,6 +407,13 @@ impl ImageStore {
         self.inner.meta.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Marks an ingest in flight. Taken under the metadata lock, which GC holds for its whole
+    /// sweep, so no ingest can start between GC's check and its deletions.
+    fn ingest(&self) -> IngestGuard<'_> {
+        let _meta = self.meta();
+        IngestGuard::new(&self.inner.ingests)
+    }
+
     fn save(&self, meta: &Metadata) -> Result<()> {
         meta.save(&self.inner.root.join("metadata.json"))
     }
@@ -393,6 +425,7 @@ impl ImageStore {
         opts: &ImportOptions,
         progress: Option<&ProgressSender>,
     ) -> Result<Image> {
+        let _ingest = self.ingest();
         let record = import::import(&self.inner.content, path, opts, progress)?;
         self.store_record(record, progress)
     }
@@ -405,6 +438,7 @@ impl ImageStore {
         opts: &PullOptions,
         progress: Option<&ProgressSender>,
     ) -> Result<Image> {
+        let _ingest = self.ingest();
         let record = pull::pull(
             &self.inner.content,
             reference,
@@ -690,15 +724,18 @@ impl ImageStore {
                 report.stray.push(p);
             }
         }
-        for d in self.inner.content.list()? {
-            if !blobs.contains(&d) {
-                self.inner.content.remove(&d)?;
-                report.blobs.push(d);
+        // The metadata lock is held from the marking to here, so no ingest can start or store
+        // its record meanwhile; one in flight holds blobs no record names yet.
+        if self.inner.ingests.load(Ordering::SeqCst) > 0 {
+            report.blobs_deferred = true;
+        } else {
+            for d in self.inner.content.list()? {
+                if !blobs.contains(&d) {
+                    self.inner.content.remove(&d)?;
+                    report.blobs.push(d);
+                }
             }
         }
-        // Snapshot directories of removed records were counted as stray; report them once.
-        let removed: BTreeSet<PathBuf> = report.stray.iter().cloned().collect();
-        report.stray = removed.into_iter().collect();
         tracing::info!(blobs = report.blobs.len(), snapshots = report.snapshots.len(), "gc done");
         Ok(report)
     }
@@ -709,5 +746,197 @@ impl ImageStore {
             .snapshots
             .get(chain)
             .map(|s| self.inner.root.join("snapshots").join(&s.id).join("fs"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unpack::tests::{layer, RecordingOps, T};
+    use super::*;
+
+    fn put(layout: &Path, data: &[u8]) -> Digest {
+        let d = Digest::of(data);
+        fs::write(layout.join("blobs/sha256").join(d.hex()), data).expect("blob");
+        d
+    }
+
+    /// An OCI layout with one image of uncompressed `layers` tagged `latest`; `diff_ids`
+    /// overrides the config's diff ids.
+    fn layout(dir: &Path, layers: &[Vec<u8>], diff_ids: Option<Vec<Digest>>) -> PathBuf {
+        fs::create_dir_all(dir.join("blobs/sha256")).expect("mkdir");
+        fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)
+            .expect("oci-layout");
+        let digests: Vec<Digest> = layers.iter().map(|l| put(dir, l)).collect();
+        let diff_ids = diff_ids.unwrap_or_else(|| digests.clone());
+        let config = serde_json::to_vec(&serde_json::json!({
+            "architecture": "amd64", "os": "linux",
+            "config": {"Entrypoint": ["/bin/sh"], "Cmd": ["-c", "true"], "Env": ["A=1"]},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        }))
+        .expect("config");
+        let cd = put(dir, &config);
+        let layers: Vec<_> = digests
+            .iter()
+            .zip(layers)
+            .map(|(d, l)| serde_json::json!({"mediaType": manifest::OCI_LAYER_TAR, "digest": d, "size": l.len()}))
+            .collect();
+        let m = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": manifest::OCI_MANIFEST,
+            "config": {"mediaType": manifest::OCI_CONFIG, "digest": cd, "size": config.len()},
+            "layers": layers,
+        }))
+        .expect("manifest");
+        let md = put(dir, &m);
+        let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+            "mediaType": manifest::OCI_MANIFEST, "digest": md, "size": m.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "latest"}}]});
+        fs::write(dir.join("index.json"), serde_json::to_vec(&index).expect("index"))
+            .expect("index.json");
+        dir.to_owned()
+    }
+
+    fn open(root: &Path) -> ImageStore {
+        ImageStore::open_with(
+            root,
+            StoreOptions { ops: Arc::new(RecordingOps::default()), ..Default::default() },
+        )
+        .expect("open")
+    }
+
+    fn two_layers() -> Vec<Vec<u8>> {
+        vec![
+            layer(&[T::Dir("etc/"), T::File("etc/os", b"base")]),
+            layer(&[T::Dir("etc/"), T::File("etc/os", b"top")]),
+        ]
+    }
+
+    #[test]
+    fn imported_image_persists_and_shares_snapshots_between_containers() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let src = layout(&tmp.path().join("layout"), &two_layers(), None);
+        let s = open(&tmp.path().join("store"));
+        let image =
+            s.import(&src, &ImportOptions::named("example.test/app"), None).expect("import");
+        assert_eq!(image.name(), "example.test/app:latest");
+        assert_eq!(image.run.entrypoint, ["/bin/sh"]);
+        assert_eq!(image.run.cmd, ["-c", "true"]);
+        assert_eq!(image.run.env, ["A=1"]);
+
+        let a = s.prepare_rootfs(&image, "a").expect("a");
+        let b = s.prepare_rootfs(&image, "b").expect("b");
+        assert_eq!(a.lowerdirs, b.lowerdirs, "layers are unpacked once");
+        assert_eq!(fs::read(a.lowerdirs[0].join("etc/os")).expect("top"), b"top", "topmost first");
+        assert_eq!(fs::read(a.lowerdirs[1].join("etc/os")).expect("base"), b"base");
+        assert!(a.upperdir.is_dir() && a.workdir.is_dir());
+        assert_eq!(s.prepare_rootfs(&image, "a").expect("idempotent"), a);
+
+        // Another store on the same root sees the same state.
+        let again = open(&tmp.path().join("store"));
+        let image2 = again.get("example.test/app:latest").expect("persisted");
+        assert_eq!(image2.id(), image.id());
+        assert_eq!(again.snapshot_dir(&image.chain_ids[1]).as_ref(), Some(&a.lowerdirs[0]));
+    }
+
+    #[test]
+    fn a_container_cannot_switch_images() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let s = open(&tmp.path().join("store"));
+        let one = s
+            .import(
+                &layout(&tmp.path().join("l1"), &two_layers()[..1], None),
+                &ImportOptions::named("x/one"),
+                None,
+            )
+            .expect("one");
+        let two = s
+            .import(
+                &layout(&tmp.path().join("l2"), &two_layers(), None),
+                &ImportOptions::named("x/two"),
+                None,
+            )
+            .expect("two");
+        s.prepare_rootfs(&one, "c").expect("c");
+        assert!(matches!(s.prepare_rootfs(&two, "c"), Err(Error::RootfsExists(_))));
+        assert!(matches!(s.prepare_rootfs(&two, "../c"), Err(Error::InvalidContainerId(_))));
+    }
+
+    #[test]
+    fn a_layer_that_does_not_match_its_diff_id_leaves_no_snapshot() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let lie = vec![Digest::of(b"something else")];
+        let src = layout(&tmp.path().join("layout"), &two_layers()[..1], Some(lie));
+        let s = open(&tmp.path().join("store"));
+        let image = s.import(&src, &ImportOptions::named("x/liar"), None).expect("import");
+        let err = s.prepare_rootfs(&image, "c").expect_err("diff id mismatch");
+        assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
+        assert!(fs::read_dir(s.root().join("snapshots")).expect("read").next().is_none());
+        assert!(s.snapshot_dir(&image.chain_ids[0]).is_none());
+    }
+
+    #[test]
+    fn gc_keeps_what_records_and_containers_use() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let s = open(&tmp.path().join("store"));
+        let image = s
+            .import(
+                &layout(&tmp.path().join("l"), &two_layers(), None),
+                &ImportOptions::named("x/app"),
+                None,
+            )
+            .expect("import");
+        s.prepare_rootfs(&image, "c").expect("rootfs");
+        assert_eq!(s.gc().expect("gc"), GcReport::default());
+
+        s.remove("x/app").expect("remove");
+        let r = s.gc().expect("gc");
+        assert_eq!(r.blobs.len(), 4, "index-less layout: manifest, config, two layers");
+        assert!(r.snapshots.is_empty(), "the container still uses them");
+        s.release_rootfs("c").expect("release");
+        let mut r = s.gc().expect("gc");
+        let mut chains = image.chain_ids.clone();
+        r.snapshots.sort();
+        chains.sort();
+        assert_eq!(r.snapshots, chains);
+        assert!(s.content().list().expect("list").is_empty());
+        assert!(fs::read_dir(s.root().join("snapshots")).expect("read").next().is_none());
+    }
+
+    #[test]
+    fn gc_defers_the_blob_sweep_while_an_ingest_is_in_flight() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let s = open(&tmp.path().join("store"));
+        let d = Digest::of(b"unreferenced");
+        s.content().write_bytes(&d, b"unreferenced").expect("blob");
+        let guard = s.ingest();
+        let r = s.gc().expect("gc");
+        assert!(r.blobs_deferred && r.blobs.is_empty());
+        assert!(s.content().contains(&d));
+        drop(guard);
+        assert_eq!(s.gc().expect("gc").blobs, vec![d]);
+    }
+
+    #[test]
+    fn lookups_by_name_digest_and_prefix() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let s = open(&tmp.path().join("store"));
+        let image = s
+            .import(
+                &layout(&tmp.path().join("l"), &two_layers(), None),
+                &ImportOptions::named("x/app:v1"),
+                None,
+            )
+            .expect("import");
+        assert_eq!(s.get("docker.io/x/app:v1").expect("full").id(), image.id());
+        assert_eq!(
+            s.get(image.record.manifest.as_str()).expect("manifest digest").id(),
+            image.id()
+        );
+        assert_eq!(s.get(&image.id().hex()[..8]).expect("prefix").id(), image.id());
+        assert_eq!(
+            s.get(&format!("x/app@{}", image.record.manifest)).expect("name@digest").id(),
+            image.id()
+        );
+        assert!(matches!(s.get("x/app:v2"), Err(Error::NotFound(_))));
+        assert!(matches!(s.remove("x/app:v2"), Err(Error::NotFound(_))));
     }
 }
