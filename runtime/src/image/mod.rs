@@ -575,7 +575,9 @@ impl ImageStore {
         let mut lowers = Vec::with_capacity(image.chain_ids.len());
         for (layer, chain) in image.record.layers.iter().zip(&image.chain_ids) {
             let parent = lowers.last().map(|(c, _): &(Digest, String)| c.clone());
-            let id = self.ensure_snapshot(layer, chain, parent)?;
+            let below: Vec<PathBuf> =
+                lowers.iter().rev().map(|(_, id)| self.snapshot_fs(id)).collect();
+            let id = self.ensure_snapshot(layer, chain, parent, &below)?;
             lowers.push((chain.clone(), id));
         }
         if lowers.is_empty() {
@@ -603,11 +605,7 @@ impl ImageStore {
         }
         let dir = self.inner.root.join("containers").join(container_id);
         let mount = RootfsMount {
-            lowerdirs: lowers
-                .iter()
-                .rev()
-                .map(|(_, id)| self.inner.root.join("snapshots").join(id).join("fs"))
-                .collect(),
+            lowerdirs: lowers.iter().rev().map(|(_, id)| self.snapshot_fs(id)).collect(),
             upperdir: dir.join("upper"),
             workdir: dir.join("work"),
         };
@@ -618,11 +616,16 @@ impl ImageStore {
         Ok(mount)
     }
 
+    fn snapshot_fs(&self, id: &str) -> PathBuf {
+        self.inner.root.join("snapshots").join(id).join("fs")
+    }
+
     fn ensure_snapshot(
         &self,
         layer: &LayerRecord,
         chain: &Digest,
         parent: Option<Digest>,
+        below: &[PathBuf],
     ) -> Result<String> {
         let snapshots = self.inner.root.join("snapshots");
         if let Some(rec) = self.meta().snapshots.get(chain) {
@@ -637,10 +640,11 @@ impl ImageStore {
             .map_err(io_err("creating a temp snapshot in", &snapshots))?;
         let fs_dir = tmp.path().join("fs");
         fs::create_dir(&fs_dir).map_err(io_err("creating", &fs_dir))?;
-        let stats = unpack::unpack_layer(
+        let stats = unpack::unpack_layer_over(
             std::io::BufReader::new(blob),
             &layer.media_type,
             &fs_dir,
+            below,
             layer.digest.short(),
             self.inner.opts.ops.as_ref(),
         )?;

@@ -32,7 +32,7 @@ use std::fs::File;
 use std::io::{self, BufRead, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{openat, openat2, OFlag, OpenHow, ResolveFlag};
@@ -258,6 +258,56 @@ pub fn unpack_layer(
     layer: &str,
     ops: &dyn PrivilegedOps,
 ) -> Result<UnpackStats> {
+    unpack_layer_over(blob, media_type, dest, &[], layer, ops)
+}
+
+/// Copies the regular file `target` from the first of `lowers` (topmost first) that has it,
+/// resolved inside that snapshot, to `name` in `dir`, with its owner, mode and times.
+fn copy_from_lowers(
+    lowers: &[PathBuf],
+    target: &Path,
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    ops: &dyn PrivilegedOps,
+) -> io::Result<()> {
+    for lower in lowers {
+        let root = File::open(lower)?;
+        let src = match open_in_root(root.as_fd(), target, OFlag::O_RDONLY | OFlag::O_NOFOLLOW) {
+            Ok(fd) => File::from(fd),
+            Err(Errno::ENOENT) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let st = nix::sys::stat::fstat(src.as_raw_fd())?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(io::ErrorKind::InvalidInput.into());
+        }
+        let fd = owned(openat(
+            Some(dir.as_raw_fd()),
+            name,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )?);
+        let mut dst = File::from(fd);
+        io::copy(&mut &src, &mut dst)?;
+        ops.chown(dir, name, st.st_uid, st.st_gid)?;
+        fchmod(dst.as_raw_fd(), Mode::from_bits_truncate(st.st_mode & 0o7777))?;
+        let mtime = TimeSpec::new(st.st_mtime, st.st_mtime_nsec);
+        futimens(dst.as_raw_fd(), &mtime, &mtime)?;
+        return Ok(());
+    }
+    Err(io::ErrorKind::NotFound.into())
+}
+
+/// Unpacks a layer blob into `dest`, an empty directory, above `lowers` (the snapshots below
+/// it, topmost first), which are only read: to resolve hard links to files of lower layers.
+pub fn unpack_layer_over(
+    blob: impl BufRead,
+    media_type: &str,
+    dest: &Path,
+    lowers: &[PathBuf],
+    layer: &str,
+    ops: &dyn PrivilegedOps,
+) -> Result<UnpackStats> {
     let fail = |op: &'static str, entry: &str| {
         let (layer, entry) = (layer.to_owned(), entry.to_owned());
         move |e: io::Error| Error::Unpack { layer, op, entry, source: e }
@@ -447,17 +497,26 @@ pub fn unpack_layer(
                 // The target's parent is resolved inside the snapshot, and linkat without
                 // AT_SYMLINK_FOLLOW links the entry itself: a link can only ever point at
                 // something already inside this snapshot.
-                let tfd = open_in_root(root, tparent, OFlag::O_PATH | OFlag::O_DIRECTORY)
-                    .map_err(nix_fail("resolving link target of", &shown))?;
                 remove_at(pfd, &name).map_err(nix_fail("replacing", &shown))?;
-                linkat(
-                    Some(tfd.as_raw_fd()),
-                    tname,
-                    Some(pfd.as_raw_fd()),
-                    name.as_os_str(),
-                    nix::fcntl::AtFlags::empty(),
-                )
-                .map_err(nix_fail("linking", &shown))?;
+                let linked = open_in_root(root, tparent, OFlag::O_PATH | OFlag::O_DIRECTORY)
+                    .and_then(|tfd| {
+                        linkat(
+                            Some(tfd.as_raw_fd()),
+                            tname,
+                            Some(pfd.as_raw_fd()),
+                            name.as_os_str(),
+                            nix::fcntl::AtFlags::empty(),
+                        )
+                    });
+                match linked {
+                    Ok(()) => {}
+                    // A link to a file of a lower layer: overlayfs would copy it up, so copy it.
+                    Err(Errno::ENOENT) if !lowers.is_empty() => {
+                        copy_from_lowers(lowers, target, pfd, &name, ops)
+                            .map_err(fail("copying link target of", &shown))?;
+                    }
+                    Err(e) => return Err(nix_fail("linking", &shown)(e)),
+                }
             }
             tar::EntryType::Fifo => {
                 remove_at(pfd, &name).map_err(nix_fail("replacing", &shown))?;
@@ -755,6 +814,34 @@ pub(crate) mod tests {
         assert!(unpack_layer(&data[..], "", &dest, "t", &RecordingOps::default()).is_err());
         assert_eq!(fs::metadata(&canary).expect("canary").nlink(), 1);
         assert_eq!(fs::read(&canary).expect("canary"), b"original");
+    }
+
+    #[test]
+    fn hard_links_to_lower_layers_become_copies_confined_to_the_lowers() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let canary = tmp.path().join("canary");
+        fs::write(&canary, b"outside").expect("canary");
+        let (lower, upper) = (tmp.path().join("lower"), tmp.path().join("upper"));
+        fs::create_dir(&lower).expect("lower");
+        fs::create_dir(&upper).expect("upper");
+        let ops = RecordingOps::default();
+        unpack_layer(&layer(&[T::File("bin/tool", b"tool")])[..], "", &lower, "l", &ops)
+            .expect("lower");
+        let data = layer(&[T::Hardlink("bin/alias", "bin/tool")]);
+        unpack_layer_over(&data[..], "", &upper, std::slice::from_ref(&lower), "u", &ops)
+            .expect("upper");
+        assert_eq!(fs::read(upper.join("bin/alias")).expect("copy"), b"tool");
+        assert_eq!(
+            fs::metadata(lower.join("bin/tool")).expect("meta").nlink(),
+            1,
+            "lower untouched"
+        );
+        // Resolution in the lower is confined too.
+        let canary_s = canary.display().to_string();
+        let data = layer(&[T::Hardlink("x", &canary_s), T::Hardlink("y", "../canary")]);
+        assert!(unpack_layer_over(&data[..], "", &upper, &[lower], "u", &ops).is_err());
+        assert!(!upper.join("x").exists());
+        assert_eq!(fs::read(&canary).expect("canary"), b"outside");
     }
 
     #[test]
