@@ -83,24 +83,40 @@ impl Source {
         }
     }
 
-    fn archive(&self) -> Result<tar::Archive<Box<dyn Read>>> {
+    /// Visits the tar's entries in order until `visit` returns `Some`. Uncompressed tars skip
+    /// over entry data by seeking, so looking a file up does not read the layers before it.
+    fn scan<T>(
+        &self,
+        mut visit: impl FnMut(String, tar::EntryType, Option<u64>, &mut dyn Read) -> Result<Option<T>>,
+    ) -> Result<Option<T>> {
         let Source::Tar { path, gzip } = self else {
-            unreachable!("archive() is only called on tars")
+            unreachable!("scan() is only called on tars")
         };
         let f = BufReader::new(File::open(path).map_err(io_err("opening", path))?);
-        let r: Box<dyn Read> =
-            if *gzip { Box::new(flate2::read::GzDecoder::new(f)) } else { Box::new(f) };
-        Ok(tar::Archive::new(r))
+        if *gzip {
+            let mut a = tar::Archive::new(flate2::read::GzDecoder::new(f));
+            for e in a.entries().map_err(io_err("reading", path))? {
+                if let Some(t) = step(e, path, &mut visit)? {
+                    return Ok(Some(t));
+                }
+            }
+        } else {
+            let mut a = tar::Archive::new(f);
+            for e in a.entries_with_seek().map_err(io_err("reading", path))? {
+                if let Some(t) = step(e, path, &mut visit)? {
+                    return Ok(Some(t));
+                }
+            }
+        }
+        Ok(None)
     }
 
     fn names(&self) -> Result<BTreeSet<String>> {
         let mut out = BTreeSet::new();
-        let path = self.path().to_owned();
-        let mut a = self.archive()?;
-        for e in a.entries().map_err(io_err("reading", &path))? {
-            let e = e.map_err(io_err("reading", &path))?;
-            out.insert(normalize(&e.path_bytes()));
-        }
+        self.scan::<()>(|name, _, _, _| {
+            out.insert(name);
+            Ok(None)
+        })?;
         Ok(out)
     }
 
@@ -122,21 +138,19 @@ impl Source {
                     Err(e) => Err(io_err("opening", &p)(e)),
                 }
             }
-            Source::Tar { path, .. } => {
-                let mut a = self.archive()?;
-                for e in a.entries().map_err(io_err("reading", path))? {
-                    let mut e = e.map_err(io_err("reading", path))?;
-                    if normalize(&e.path_bytes()) == rel
-                        && matches!(
-                            e.header().entry_type(),
-                            tar::EntryType::Regular | tar::EntryType::Continuous
-                        )
-                    {
-                        let len = e.header().size().ok();
-                        return f(&mut e, len).map(Some);
+            Source::Tar { .. } => {
+                let mut f = Some(f);
+                self.scan(|name, kind, len, r| {
+                    let regular =
+                        matches!(kind, tar::EntryType::Regular | tar::EntryType::Continuous);
+                    match f.take() {
+                        Some(f) if regular && name == rel => f(r, len).map(Some),
+                        other => {
+                            f = other;
+                            Ok(None)
+                        }
                     }
-                }
-                Ok(None)
+                })
             }
         }
     }
@@ -218,6 +232,20 @@ impl Source {
             }
         }
     }
+}
+
+type Visit<'v, T> =
+    dyn FnMut(String, tar::EntryType, Option<u64>, &mut dyn Read) -> Result<Option<T>> + 'v;
+
+fn step<R: Read, T>(
+    e: io::Result<tar::Entry<'_, R>>,
+    path: &Path,
+    visit: &mut Visit<'_, T>,
+) -> Result<Option<T>> {
+    let mut e = e.map_err(io_err("reading", path))?;
+    let name = normalize(&e.path_bytes());
+    let (kind, len) = (e.header().entry_type(), e.header().size().ok());
+    visit(name, kind, len, &mut e)
 }
 
 /// Tar paths as compared: no leading `./` or `/`, no trailing `/`.

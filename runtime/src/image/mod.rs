@@ -842,6 +842,43 @@ mod tests {
     }
 
     #[test]
+    fn layouts_import_from_plain_and_gzipped_tars() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let src = layout(&tmp.path().join("layout"), &two_layers(), None);
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_dir_all(".", &src).expect("tar the layout");
+        let plain = b.into_inner().expect("tar");
+        fs::write(tmp.path().join("l.tar"), &plain).expect("write");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &plain).expect("gzip");
+        fs::write(tmp.path().join("l.tar.gz"), gz.finish().expect("gzip")).expect("write");
+        let s = open(&tmp.path().join("store"));
+        let from_dir = s.import(&src, &ImportOptions::named("x/dir"), None).expect("dir");
+        for f in ["l.tar", "l.tar.gz"] {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let img = s
+                .import(&tmp.path().join(f), &ImportOptions::named(&format!("x/{f}")), Some(&tx))
+                .expect(f);
+            assert_eq!(img.record.manifest, from_dir.record.manifest, "{f}");
+            let mut events = Vec::new();
+            while let Ok(e) = rx.try_recv() {
+                events.push(e);
+            }
+            assert!(
+                matches!(events.first(), Some(Progress::Resolved { layers: 2, .. })),
+                "{events:?}"
+            );
+            assert!(matches!(events.last(), Some(Progress::Stored { .. })), "{events:?}");
+        }
+        let junk = tmp.path().join("junk.tar");
+        fs::write(&junk, layer(&[T::File("hello", b"x")])).expect("write");
+        assert!(matches!(
+            s.import(&junk, &ImportOptions::named("x/junk"), None),
+            Err(Error::Archive { .. })
+        ));
+    }
+
+    #[test]
     fn a_container_cannot_switch_images() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let s = open(&tmp.path().join("store"));
