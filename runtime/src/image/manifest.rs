@@ -146,9 +146,13 @@ pub fn parse_reference(reference: &str) -> Result<Reference> {
         .map_err(|source| Error::Reference { reference: reference.to_owned(), source })
 }
 
-/// The record name of a reference: `registry/repository:tag` (tag `latest` if absent).
+/// The record name of a reference: `registry/repository:tag`, or `registry/repository@digest`
+/// for a reference by digest alone (as containerd names them).
 pub fn record_name(r: &Reference) -> String {
-    format!("{}/{}:{}", r.registry(), r.repository(), r.tag().unwrap_or("latest"))
+    match (r.tag(), r.digest()) {
+        (None, Some(d)) => format!("{}/{}@{d}", r.registry(), r.repository()),
+        (tag, _) => format!("{}/{}:{}", r.registry(), r.repository(), tag.unwrap_or("latest")),
+    }
 }
 
 /// Parses an index.
@@ -248,6 +252,9 @@ mod tests {
         assert_eq!(record_name(&r), "127.0.0.1:5000/x/busybox:1.2");
         let r = parse_reference("keelson.test/busybox").expect("parse");
         assert_eq!(record_name(&r), "keelson.test/busybox:latest");
+        let d = format!("sha256:{}", "a".repeat(64));
+        let r = parse_reference(&format!("busybox@{d}")).expect("parse");
+        assert_eq!(record_name(&r), format!("docker.io/library/busybox@{d}"));
     }
 
     #[test]

@@ -419,6 +419,7 @@ impl ImageStore {
     }
 
     /// Imports an OCI layout directory, an OCI layout tar or a `docker save` archive.
+    #[tracing::instrument(skip_all, fields(path = %path.display()))]
     pub fn import(
         &self,
         path: &Path,
@@ -431,6 +432,7 @@ impl ImageStore {
     }
 
     /// Pulls `reference` from its registry.
+    #[tracing::instrument(skip_all, fields(reference = %reference))]
     pub async fn pull(
         &self,
         reference: &str,
@@ -542,7 +544,11 @@ impl ImageStore {
             return Ok(meta
                 .images
                 .values()
-                .filter(|r| r.name.starts_with(&format!("{repo}:")) && matches_digest(r, d))
+                .filter(|r| {
+                    (r.name.starts_with(&format!("{repo}:"))
+                        || r.name.starts_with(&format!("{repo}@")))
+                        && matches_digest(r, d)
+                })
                 .cloned()
                 .collect());
         }
@@ -569,6 +575,7 @@ impl ImageStore {
 
     /// Unpacks the image's layers (once per chain id) and creates the container's writable
     /// layer. Idempotent for the same container and image.
+    #[tracing::instrument(skip_all, fields(image = image.name(), container_id = %container_id))]
     pub fn prepare_rootfs(&self, image: &Image, container_id: &str) -> Result<RootfsMount> {
         snapshot::validate_container_id(container_id)?;
         let _guard = self.inner.snapshots.lock().unwrap_or_else(|e| e.into_inner());
