@@ -19,7 +19,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -208,11 +208,21 @@ pub struct TokenRegistry {
     pub token: String,
     /// Requests seen: `METHOD path auth-scheme`.
     pub log: Arc<Mutex<Vec<String>>>,
+    blobs: Arc<BlobStats>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Concurrency of blob downloads, and an artificial delay to make overlaps observable.
+#[derive(Debug, Default)]
+struct BlobStats {
+    delay_ms: AtomicU64,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+}
+
 struct TokenState {
+    blobs: Arc<BlobStats>,
     layout: PathBuf,
     token: String,
     basic: String,
@@ -228,7 +238,9 @@ impl TokenRegistry {
         listener.set_nonblocking(true)?;
         let token = format!("keelson-token-{:x}", std::process::id());
         let log = Arc::new(Mutex::new(Vec::new()));
+        let blobs = Arc::new(BlobStats::default());
         let state = Arc::new(TokenState {
+            blobs: blobs.clone(),
             layout: layout.to_owned(),
             token: token.clone(),
             basic: format!("Basic {}", base64(format!("{user}:{pass}").as_bytes())),
@@ -250,7 +262,17 @@ impl TokenRegistry {
                 }
             }
         });
-        Ok(Self { addr, token, log, stop, thread: Some(thread) })
+        Ok(Self { addr, token, log, blobs, stop, thread: Some(thread) })
+    }
+
+    /// Delays every blob response by `ms` milliseconds.
+    pub fn set_blob_delay(&self, ms: u64) {
+        self.blobs.delay_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// The most blob downloads that were in flight at once.
+    pub fn max_parallel_blobs(&self) -> usize {
+        self.blobs.max_in_flight.load(Ordering::SeqCst)
     }
 
     /// The requests seen so far.
@@ -414,6 +436,11 @@ fn serve(stream: TcpStream, st: &TokenState) -> Result<()> {
         );
     }
     if let Some((_, digest)) = rest.rsplit_once("/blobs/") {
+        let stats = &st.blobs;
+        let now = stats.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        stats.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(stats.delay_ms.load(Ordering::SeqCst)));
+        stats.in_flight.fetch_sub(1, Ordering::SeqCst);
         return match blob(digest) {
             Some(data) => respond(
                 &mut stream,

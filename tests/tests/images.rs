@@ -338,6 +338,15 @@ async fn pull_anonymous_from_local_registry() {
 
     let rootfs = s.prepare_rootfs(&image, "pulled").expect("rootfs");
     assert!(rootfs.lowerdirs[0].join("bin/busybox").is_file());
+
+    // By digest alone: recorded under repo@digest.
+    let by_digest = format!("{}/keelson/busybox@{index}", registry.addr);
+    let pinned = s
+        .pull(&by_digest, &RegistryAuth::Anonymous, &PullOptions::default(), None)
+        .await
+        .expect("by digest");
+    assert_eq!(pinned.name(), by_digest);
+    assert_eq!(pinned.id(), image.id());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -392,6 +401,38 @@ async fn pull_with_bearer_token_from_the_registry_challenge() {
     s2.pull(&reference, &RegistryAuth::Bearer(registry.token.clone()), &opts, None)
         .await
         .expect("pull with token");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pull_downloads_layers_in_parallel_within_the_bound() {
+    require!(Tier::Privileged, need_root());
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let bodies: Vec<Vec<u8>> = (0..6).map(|i| format!("layer {i}").into_bytes()).collect();
+    let layers: Vec<Vec<u8>> = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, b)| tar_layer(&[E::File(&format!("f{i}"), b)]))
+        .collect();
+    let layout = write_layout(&tmp.path().join("layout"), &layers);
+    let registry = TokenRegistry::start(&layout, "u", "p").expect("registry");
+    registry.set_blob_delay(300);
+    let s = store(tmp.path());
+    let auth = RegistryAuth::Basic("u".into(), "p".into());
+    let opts = PullOptions { max_concurrent: 2, ..Default::default() };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let image = s
+        .pull(&format!("{}/multi:latest", registry.addr), &auth, &opts, Some(&tx))
+        .await
+        .expect("pull");
+    assert_eq!(image.record.layers.len(), 6);
+    assert_eq!(registry.max_parallel_blobs(), 2, "downloads overlap, never more than the bound");
+    let done = drain(&mut rx)
+        .into_iter()
+        .filter(|e| matches!(e, Progress::Blob { phase: keelson_runtime::image::Phase::Done, .. }))
+        .count();
+    assert_eq!(done, 7, "config and six layers");
+    let rootfs = s.prepare_rootfs(&image, "multi").expect("rootfs");
+    assert_eq!(fs::read(rootfs.lowerdirs[0].join("f5")).expect("top layer"), b"layer 5");
 }
 
 #[tokio::test(flavor = "multi_thread")]
