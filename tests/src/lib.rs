@@ -9,6 +9,8 @@
 
 use std::fmt;
 
+pub mod vm;
+
 /// A test tier beyond the unit tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tier {
