@@ -88,7 +88,7 @@ pub fn init_main() -> ! {
         std::process::exit(2);
     }
     let started = Instant::now();
-    say(&format!("{INIT_MARKER} uptime={}", uptime()));
+    say(INIT_MARKER);
     let result = match boot_and_run(started) {
         Ok(result) => result,
         Err(msg) => GuestResult::InitError(msg),
@@ -132,12 +132,17 @@ fn boot_and_run(started: Instant) -> Result<GuestResult, String> {
     for module in &config.modules {
         load_module(module)?;
     }
+    let names: Vec<&str> = config
+        .modules
+        .iter()
+        .map(|m| m.rsplit('/').next().unwrap_or(m).trim_end_matches(".ko"))
+        .collect();
     say(&format!(
-        "keelson-vminit: ready after {} ms ({} modules in {} ms, kernel uptime {} s)",
+        "keelson-vminit: ready after {} ms, kernel uptime {} s; modules loaded in {} ms: {}",
         started.elapsed().as_millis(),
-        config.modules.len(),
+        uptime(),
         modules_started.elapsed().as_millis(),
-        uptime()
+        if names.is_empty() { "none".to_owned() } else { names.join(" ") },
     ));
     run_payload(&config)
 }

@@ -24,6 +24,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use super::modules::{self, ModInfo, ModuleSet, ModuleSource};
@@ -287,11 +288,7 @@ impl<'k> PackageModules<'k> {
         let raw = fs::read(&path).map_err(io_err("reading", &path))?;
         let bad = |what: String| Error::BadModule { path: path.clone(), what };
         if raw.starts_with(XZ_MAGIC) {
-            let mut out = Vec::with_capacity(raw.len() * 4);
-            xz2::read::XzDecoder::new(&raw[..])
-                .read_to_end(&mut out)
-                .map_err(|e| bad(format!("xz: {e}")))?;
-            Ok(out)
+            xz_first_stream(&raw).map_err(bad)
         } else if raw.starts_with(ZSTD_MAGIC) {
             zstd::stream::decode_all(&raw[..]).map_err(|e| bad(format!("zstd: {e}")))
         } else if raw.starts_with(GZIP_MAGIC) {
@@ -470,11 +467,35 @@ impl Compression {
                 .map_err(|e| e.to_string())?
                 .single_frame()
                 .read_to_end(&mut out),
-            Compression::Xz => xz2::read::XzDecoder::new(data).read_to_end(&mut out),
+            Compression::Xz => return xz_first_stream(data),
             Compression::Gzip => flate2::read::GzDecoder::new(data).read_to_end(&mut out),
         };
         res.map_err(|e| format!("{self:?} decompression: {e}"))?;
         Ok(out)
+    }
+}
+
+/// Decompresses the first xz stream of `data` and ignores what follows (`XzDecoder` treats
+/// trailing bytes as a corrupt stream).
+fn xz_first_stream(data: &[u8]) -> Result<Vec<u8>, String> {
+    use xz2::stream::{Action, Status, Stream};
+    let mut stream = Stream::new_stream_decoder(u64::MAX, 0).map_err(|e| format!("xz: {e}"))?;
+    let mut out = Vec::with_capacity(data.len() * 4);
+    loop {
+        let offset = usize::try_from(stream.total_in()).map_err(|e| e.to_string())?;
+        let input = &data[offset.min(data.len())..];
+        if out.capacity() - out.len() < 1 << 16 {
+            out.reserve(out.capacity().max(1 << 20));
+        }
+        let before = (stream.total_in(), stream.total_out());
+        let action = if input.is_empty() { Action::Finish } else { Action::Run };
+        let status = stream.process_vec(input, &mut out, action).map_err(|e| format!("xz: {e}"))?;
+        if status == Status::StreamEnd {
+            return Ok(out);
+        }
+        if input.is_empty() && before == (stream.total_in(), stream.total_out()) {
+            return Err("xz: truncated stream".to_owned());
+        }
     }
 }
 
@@ -566,6 +587,9 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err("creating a temporary file in", dir))?;
     tmp.write_all(data).map_err(io_err("writing", tmp.path()))?;
+    // Readable by every user of the machine, like the rest of the cache.
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o644))
+        .map_err(io_err("setting permissions of", tmp.path()))?;
     tmp.persist(path).map_err(|e| io_err("renaming into", path)(e.error))?;
     Ok(())
 }

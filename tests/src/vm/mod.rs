@@ -35,7 +35,7 @@
 //!   modules with their dependency closure ([`modules`]), uncompressed, in load order, and
 //!   whatever files, binaries (with their libraries) and directory trees the test adds through
 //!   [`VmOptions`] (the shim binary, an OCI image layout, ...);
-//! - qemu, TCG, `-M microvm`, 2 CPUs, 1 GiB, no network device, serial console to a log
+//! - qemu, TCG, `-M q35` (see [`qemu::Machine`] for why not microvm), 2 CPUs, 1 GiB, no network device, serial console to a log
 //!   ([`qemu`]). The log is deleted when the test passes and kept (its path printed) when it
 //!   fails; `KEELSON_VM_KEEP_LOGS=1` keeps every log. Logs live in `$KEELSON_VM_LOGS`, default
 //!   `<temp dir>/keelson-vm-logs`.
@@ -180,6 +180,8 @@ pub struct VmOptions {
     pub memory_mib: u32,
     /// Guest CPUs (default 2).
     pub cpus: u32,
+    /// x86_64 machine type (default q35, see [`qemu::Machine`]).
+    pub machine: qemu::Machine,
     /// Kernel modules to load, by name or alias; their closure is loaded in order.
     pub modules: Vec<String>,
     /// cgroup v2 controllers the init enables at the root (default cpu, memory, pids, io).
@@ -201,6 +203,7 @@ impl Default for VmOptions {
             timeout: Duration::from_secs(120),
             memory_mib: 1024,
             cpus: 2,
+            machine: qemu::Machine::default(),
             modules: Vec::new(),
             controllers: ["cpu", "memory", "pids", "io"].map(String::from).to_vec(),
             files: Vec::new(),
@@ -374,6 +377,7 @@ pub fn run_in_vm(label: &str, argv: &[String], opts: &VmOptions) -> Result<VmRep
         append: opts.kernel_args.clone(),
         memory_mib: opts.memory_mib,
         cpus: opts.cpus,
+        machine: opts.machine,
         timeout: opts.timeout,
         log: log.clone(),
     })?;
