@@ -10,6 +10,7 @@
 use std::fmt;
 
 pub mod images;
+pub mod vm;
 
 /// A test tier beyond the unit tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
