@@ -350,6 +350,33 @@ async fn pull_anonymous_from_local_registry() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn pull_accepts_docker_v2_media_types() {
+    require!(Tier::Privileged, need_root(), images::need_test_images(), need_registry_tools());
+    let registry = DockerRegistry::start(None).expect("registry");
+    let reference = registry
+        .push_oci_layout_with(&images::oci_layout(), "latest", "v2s2", &["--format", "v2s2"])
+        .expect("push as docker v2");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let s = store(tmp.path());
+    let image = s
+        .pull(&reference, &RegistryAuth::Anonymous, &PullOptions::default(), None)
+        .await
+        .expect("pull");
+    assert_eq!(
+        image.record.target_media_type,
+        "application/vnd.docker.distribution.manifest.list.v2+json"
+    );
+    assert_eq!(
+        image.record.layers[0].media_type,
+        "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    );
+    let (_, _, config, _) = layout_digests(&images::oci_layout());
+    assert_eq!(image.id().as_str(), config, "the config bytes are kept");
+    let rootfs = s.prepare_rootfs(&image, "v2s2").expect("rootfs");
+    assert!(rootfs.lowerdirs[0].join("bin/busybox").is_file());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn pull_with_basic_auth_needs_the_right_credentials() {
     require!(Tier::Privileged, need_root(), images::need_test_images(), need_registry_tools());
     let registry = DockerRegistry::start(Some(("keelson", "s3cret"))).expect("registry");
