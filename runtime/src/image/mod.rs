@@ -288,6 +288,12 @@ impl Image {
     pub fn id(&self) -> &Digest {
         &self.record.config
     }
+
+    /// The image config's `config` section (entrypoint, cmd, env, user, workdir, stop
+    /// signal, …), empty if the image has none: what the runtime's spec builder takes.
+    pub fn container_config(&self) -> oci_spec::image::Config {
+        self.config.config().clone().unwrap_or_default()
+    }
 }
 
 /// What [`ImageStore::gc`] removed.
@@ -843,6 +849,10 @@ mod tests {
         assert_eq!(image.run.entrypoint, ["/bin/sh"]);
         assert_eq!(image.run.cmd, ["-c", "true"]);
         assert_eq!(image.run.env, ["A=1"]);
+        assert_eq!(
+            image.container_config().cmd().as_deref(),
+            Some(&["-c".to_owned(), "true".to_owned()][..])
+        );
 
         let a = s.prepare_rootfs(&image, "a").expect("a");
         let b = s.prepare_rootfs(&image, "b").expect("b");
