@@ -488,6 +488,46 @@ async fn pull_rejects_a_tampered_blob_and_keeps_nothing() {
     assert!(s.list().expect("list").is_empty());
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn pull_checks_blobs_itself_not_only_through_the_client() {
+    require!(Tier::Privileged, need_root());
+    // The layer hashes to its digest (so oci-client's own check passes) but the manifest
+    // declares one byte more: only the store's own verification can refuse it.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let layer = tar_layer(&[E::File("f", b"data")]);
+    let layout = write_layout(&tmp.path().join("layout"), std::slice::from_ref(&layer));
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).expect("index")).expect("json");
+    let md = index["manifests"][0]["digest"]
+        .as_str()
+        .expect("digest")
+        .trim_start_matches("sha256:")
+        .to_owned();
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.join("blobs/sha256").join(&md)).expect("manifest"))
+            .expect("json");
+    manifest["layers"][0]["size"] = serde_json::json!(layer.len() + 1);
+    let bytes = serde_json::to_vec(&manifest).expect("manifest");
+    let lying = put_blob(&layout, &bytes);
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": lying.to_string(), "size": bytes.len(),
+        "annotations": {"org.opencontainers.image.ref.name": "latest"}}]});
+    fs::write(layout.join("index.json"), serde_json::to_vec(&index).expect("index"))
+        .expect("index.json");
+
+    let registry = TokenRegistry::start(&layout, "u", "p").expect("registry");
+    let s = store(tmp.path());
+    let auth = RegistryAuth::Basic("u".into(), "p".into());
+    let err = s
+        .pull(&format!("{}/liar:latest", registry.addr), &auth, &PullOptions::default(), None)
+        .await
+        .expect_err("size mismatch");
+    assert!(matches!(err, keelson_runtime::image::Error::SizeMismatch { .. }), "{err:#?}");
+    assert!(!s.content().contains(&Digest::of(&layer)));
+    assert!(names_in(&s.root().join("ingest")).is_empty());
+    assert!(s.list().expect("list").is_empty());
+}
+
 // ---- hostile layers, whiteouts, gc ------------------------------------------------------------
 
 #[test]
