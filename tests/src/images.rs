@@ -162,9 +162,22 @@ impl DockerRegistry {
 
     /// Copies an OCI layout's `tag` (all platforms) to `repo:tag` with skopeo.
     pub fn push_oci_layout(&self, layout: &Path, tag: &str, repo: &str) -> Result<String> {
+        self.push_oci_layout_with(layout, tag, repo, &[])
+    }
+
+    /// As [`DockerRegistry::push_oci_layout`], with extra `skopeo copy` arguments (for
+    /// example `--format v2s2` to store Docker v2 media types).
+    pub fn push_oci_layout_with(
+        &self,
+        layout: &Path,
+        tag: &str,
+        repo: &str,
+        extra: &[&str],
+    ) -> Result<String> {
         let dest = format!("{}/{repo}:{tag}", self.addr);
         let mut cmd = Command::new("skopeo");
         cmd.args(["--insecure-policy", "copy", "--all", "--quiet", "--dest-tls-verify=false"]);
+        cmd.args(extra);
         if let Some((u, p)) = &self.creds {
             cmd.arg(format!("--dest-creds={u}:{p}"));
         }

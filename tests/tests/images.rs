@@ -350,6 +350,33 @@ async fn pull_anonymous_from_local_registry() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn pull_accepts_docker_v2_media_types() {
+    require!(Tier::Privileged, need_root(), images::need_test_images(), need_registry_tools());
+    let registry = DockerRegistry::start(None).expect("registry");
+    let reference = registry
+        .push_oci_layout_with(&images::oci_layout(), "latest", "v2s2", &["--format", "v2s2"])
+        .expect("push as docker v2");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let s = store(tmp.path());
+    let image = s
+        .pull(&reference, &RegistryAuth::Anonymous, &PullOptions::default(), None)
+        .await
+        .expect("pull");
+    assert_eq!(
+        image.record.target_media_type,
+        "application/vnd.docker.distribution.manifest.list.v2+json"
+    );
+    assert_eq!(
+        image.record.layers[0].media_type,
+        "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    );
+    let (_, _, config, _) = layout_digests(&images::oci_layout());
+    assert_eq!(image.id().as_str(), config, "the config bytes are kept");
+    let rootfs = s.prepare_rootfs(&image, "v2s2").expect("rootfs");
+    assert!(rootfs.lowerdirs[0].join("bin/busybox").is_file());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn pull_with_basic_auth_needs_the_right_credentials() {
     require!(Tier::Privileged, need_root(), images::need_test_images(), need_registry_tools());
     let registry = DockerRegistry::start(Some(("keelson", "s3cret"))).expect("registry");
@@ -458,6 +485,46 @@ async fn pull_rejects_a_tampered_blob_and_keeps_nothing() {
     eprintln!("pull failed as it must: {err:#?}");
     assert!(!s.content().contains(&layer), "the tampered blob must not be kept");
     assert!(names_in(&s.root().join("ingest")).is_empty(), "no partial blob may remain");
+    assert!(s.list().expect("list").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pull_checks_blobs_itself_not_only_through_the_client() {
+    require!(Tier::Privileged, need_root());
+    // The layer hashes to its digest (so oci-client's own check passes) but the manifest
+    // declares one byte more: only the store's own verification can refuse it.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let layer = tar_layer(&[E::File("f", b"data")]);
+    let layout = write_layout(&tmp.path().join("layout"), std::slice::from_ref(&layer));
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).expect("index")).expect("json");
+    let md = index["manifests"][0]["digest"]
+        .as_str()
+        .expect("digest")
+        .trim_start_matches("sha256:")
+        .to_owned();
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.join("blobs/sha256").join(&md)).expect("manifest"))
+            .expect("json");
+    manifest["layers"][0]["size"] = serde_json::json!(layer.len() + 1);
+    let bytes = serde_json::to_vec(&manifest).expect("manifest");
+    let lying = put_blob(&layout, &bytes);
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": lying.to_string(), "size": bytes.len(),
+        "annotations": {"org.opencontainers.image.ref.name": "latest"}}]});
+    fs::write(layout.join("index.json"), serde_json::to_vec(&index).expect("index"))
+        .expect("index.json");
+
+    let registry = TokenRegistry::start(&layout, "u", "p").expect("registry");
+    let s = store(tmp.path());
+    let auth = RegistryAuth::Basic("u".into(), "p".into());
+    let err = s
+        .pull(&format!("{}/liar:latest", registry.addr), &auth, &PullOptions::default(), None)
+        .await
+        .expect_err("size mismatch");
+    assert!(matches!(err, keelson_runtime::image::Error::SizeMismatch { .. }), "{err:#?}");
+    assert!(!s.content().contains(&Digest::of(&layer)));
+    assert!(names_in(&s.root().join("ingest")).is_empty());
     assert!(s.list().expect("list").is_empty());
 }
 

@@ -288,6 +288,12 @@ impl Image {
     pub fn id(&self) -> &Digest {
         &self.record.config
     }
+
+    /// The image config's `config` section (entrypoint, cmd, env, user, workdir, stop
+    /// signal, …), empty if the image has none: what the runtime's spec builder takes.
+    pub fn container_config(&self) -> oci_spec::image::Config {
+        self.config.config().clone().unwrap_or_default()
+    }
 }
 
 /// What [`ImageStore::gc`] removed.
@@ -321,6 +327,8 @@ impl Default for StoreOptions {
 }
 
 /// The image store: content, records, snapshots. Cheap to clone; all clones share state.
+/// Open one store per root per process: opening discards interrupted writes (`ingest/`,
+/// `snapshots/tmp-*`), which would include another open store's writes in progress.
 ///
 /// Methods other than [`ImageStore::pull`] block on disk I/O: in async code, call them under
 /// `tokio::task::spawn_blocking`.
@@ -377,6 +385,15 @@ impl ImageStore {
         for d in ["snapshots", "containers"] {
             let p = root.join(d);
             fs::create_dir_all(&p).map_err(io_err("creating", &p))?;
+        }
+        // Unpacks interrupted by a crash: never published, so never used.
+        let snapshots = root.join("snapshots");
+        for e in fs::read_dir(&snapshots).map_err(io_err("listing", &snapshots))? {
+            let e = e.map_err(io_err("listing", &snapshots))?;
+            if e.file_name().to_string_lossy().starts_with("tmp-") {
+                let p = e.path();
+                fs::remove_dir_all(&p).map_err(io_err("removing", &p))?;
+            }
         }
         let meta = Metadata::load(&root.join("metadata.json"))?;
         Ok(Self {
@@ -832,6 +849,10 @@ mod tests {
         assert_eq!(image.run.entrypoint, ["/bin/sh"]);
         assert_eq!(image.run.cmd, ["-c", "true"]);
         assert_eq!(image.run.env, ["A=1"]);
+        assert_eq!(
+            image.container_config().cmd().as_deref(),
+            Some(&["-c".to_owned(), "true".to_owned()][..])
+        );
 
         let a = s.prepare_rootfs(&image, "a").expect("a");
         let b = s.prepare_rootfs(&image, "b").expect("b");

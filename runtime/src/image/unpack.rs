@@ -209,6 +209,17 @@ fn open_dir_creating_depth(root: BorrowedFd<'_>, rel: &Path, depth: u32) -> nix:
 
 /// Removes `name` in `dir`, recursively if it is a directory, never following symlinks.
 fn remove_at(dir: BorrowedFd<'_>, name: &OsStr) -> nix::Result<()> {
+    remove_at_depth(dir, name, 0)
+}
+
+/// Deepest directory tree [`remove_at`] descends into: a hostile layer can build trees deeper
+/// than `PATH_MAX` through symlinks, and recursion must not exhaust the stack.
+const MAX_REMOVE_DEPTH: u32 = 1024;
+
+fn remove_at_depth(dir: BorrowedFd<'_>, name: &OsStr, depth: u32) -> nix::Result<()> {
+    if depth > MAX_REMOVE_DEPTH {
+        return Err(Errno::ELOOP);
+    }
     match unlinkat(Some(dir.as_raw_fd()), name, UnlinkatFlags::NoRemoveDir) {
         Ok(()) | Err(Errno::ENOENT) => Ok(()),
         Err(Errno::EISDIR) => {
@@ -229,7 +240,7 @@ fn remove_at(dir: BorrowedFd<'_>, name: &OsStr) -> nix::Result<()> {
             // SAFETY: `d` keeps its fd open until it is dropped at the end of this block.
             let dfd = unsafe { BorrowedFd::borrow_raw(d.as_raw_fd()) };
             for n in names {
-                remove_at(dfd, OsStr::from_bytes(n.as_bytes()))?;
+                remove_at_depth(dfd, OsStr::from_bytes(n.as_bytes()), depth + 1)?;
             }
             drop(d);
             unlinkat(Some(dir.as_raw_fd()), name, UnlinkatFlags::RemoveDir)
@@ -272,7 +283,9 @@ fn copy_from_lowers(
 ) -> io::Result<()> {
     for lower in lowers {
         let root = File::open(lower)?;
-        let src = match open_in_root(root.as_fd(), target, OFlag::O_RDONLY | OFlag::O_NOFOLLOW) {
+        // O_NONBLOCK: a FIFO of the lower layer must not block the unpack; it is refused below.
+        let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK;
+        let src = match open_in_root(root.as_fd(), target, flags) {
             Ok(fd) => File::from(fd),
             Err(Errno::ENOENT) => continue,
             Err(e) => return Err(e.into()),
@@ -842,6 +855,54 @@ pub(crate) mod tests {
         assert!(unpack_layer_over(&data[..], "", &upper, &[lower], "u", &ops).is_err());
         assert!(!upper.join("x").exists());
         assert_eq!(fs::read(&canary).expect("canary"), b"outside");
+    }
+
+    #[test]
+    fn a_hard_link_to_a_lower_fifo_fails_instead_of_blocking() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (lower, upper) = (tmp.path().join("lower"), tmp.path().join("upper"));
+        fs::create_dir(&lower).expect("lower");
+        fs::create_dir(&upper).expect("upper");
+        nix::unistd::mkfifo(&lower.join("fifo"), Mode::from_bits_truncate(0o600)).expect("fifo");
+        let data = layer(&[T::Hardlink("x", "fifo")]);
+        let res = unpack_layer_over(
+            &data[..],
+            "",
+            &upper,
+            std::slice::from_ref(&lower),
+            "u",
+            &RecordingOps::default(),
+        );
+        assert!(res.is_err());
+        assert!(!upper.join("x").exists());
+    }
+
+    #[test]
+    fn replacing_a_very_deep_tree_fails_cleanly() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = File::open(tmp.path()).expect("root");
+        let mut fd = owned(
+            openat(
+                Some(root.as_raw_fd()),
+                ".",
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+                Mode::empty(),
+            )
+            .expect("dot"),
+        );
+        for _ in 0..(MAX_REMOVE_DEPTH + 10) {
+            mkdirat(Some(fd.as_raw_fd()), "d", Mode::from_bits_truncate(0o755)).expect("mkdir");
+            fd = owned(
+                openat(
+                    Some(fd.as_raw_fd()),
+                    "d",
+                    OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+                    Mode::empty(),
+                )
+                .expect("d"),
+            );
+        }
+        assert_eq!(remove_at(root.as_fd(), OsStr::new("d")), Err(Errno::ELOOP));
     }
 
     #[test]
