@@ -26,7 +26,9 @@ pub struct ContainerId(String);
 
 /// An id that is not a valid sandbox or container id.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid id {0:?}: expected 1 to 64 characters of [a-z0-9-], starting with a letter or digit")]
+#[error(
+    "invalid id {0:?}: expected 1 to 64 characters of [a-z0-9-], starting with a letter or digit"
+)]
 pub struct InvalidId(pub String);
 
 fn validate_id(s: &str) -> Result<(), InvalidId> {
