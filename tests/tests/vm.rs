@@ -47,10 +47,47 @@ fn vm_boots_6_12_with_pure_cgroup_v2_and_modules() {
     for m in ["overlay", "nf_conntrack", "libcrc32c", "crc32c_generic"] {
         assert!(Path::new("/sys/module").join(m).exists(), "module {m} not loaded");
     }
-    let filesystems = fs::read_to_string("/proc/filesystems").expect("filesystems");
-    assert!(filesystems.contains("overlay"), "overlay not registered");
+    // The loaded overlay module works: mount an overlay and see both layers.
+    for d in ["lower", "upper", "work", "merged"] {
+        fs::create_dir_all(format!("/tmp/ovl/{d}")).expect("mkdir");
+    }
+    fs::write("/tmp/ovl/lower/from-lower", "l").expect("write");
+    nix::mount::mount(
+        Some("overlay"),
+        "/tmp/ovl/merged",
+        Some("overlay"),
+        nix::mount::MsFlags::empty(),
+        Some("lowerdir=/tmp/ovl/lower,upperdir=/tmp/ovl/upper,workdir=/tmp/ovl/work"),
+    )
+    .expect("mount overlay");
+    fs::write("/tmp/ovl/merged/from-merged", "m").expect("write through overlay");
+    assert_eq!(fs::read_to_string("/tmp/ovl/merged/from-lower").expect("lower visible"), "l");
+    assert_eq!(fs::read_to_string("/tmp/ovl/upper/from-merged").expect("copied up"), "m");
+    nix::mount::umount("/tmp/ovl/merged").expect("umount");
     assert!(nix::unistd::getpid().as_raw() > 1, "the test is not the init");
     assert!(nix::unistd::geteuid().is_root());
+}
+
+/// What a test adds through `VmOptions` is in the guest: a host binary with its shared
+/// libraries (how the shim will come in), a directory tree (how an OCI image layout will),
+/// a file from memory, and environment variables.
+#[test]
+fn vm_carries_extra_binaries_trees_files_and_env() {
+    vm_test!(VmOptions::default()
+        .binary("/usr/bin/true", "/usr/local/bin/host-true")
+        .tree(concat!(env!("CARGO_MANIFEST_DIR"), "/src/vm"), "/opt/harness-src")
+        .bytes("/etc/keelson-test", "hello", 0o600)
+        .env("KEELSON_TEST_VALUE", "42"));
+
+    let status =
+        std::process::Command::new("/usr/local/bin/host-true").status().expect("run host-true");
+    assert!(status.success(), "{status}");
+    let src = fs::read_to_string("/opt/harness-src/cpio.rs").expect("tree copied");
+    assert!(src.starts_with("//!"), "{}", &src[..40.min(src.len())]);
+    assert!(Path::new("/opt/harness-src/mod.rs").is_file());
+    assert_eq!(fs::read_to_string("/etc/keelson-test").expect("bytes"), "hello");
+    assert_eq!(std::env::var("KEELSON_TEST_VALUE").as_deref(), Ok("42"));
+    assert_eq!(std::env::var(vm::IN_VM_ENV).as_deref(), Ok("1"));
 }
 
 /// Inside the VM only: fails on purpose, so the host can prove failures come through.

@@ -37,7 +37,9 @@
 //!   [`VmOptions`] (the shim binary, an OCI image layout, ...);
 //! - qemu, TCG, `-M q35` (see [`qemu::Machine`] for why not microvm), 2 CPUs, 1 GiB, no network device, serial console to a log
 //!   ([`qemu`]). The log is deleted when the test passes and kept (its path printed) when it
-//!   fails; `KEELSON_VM_KEEP_LOGS=1` keeps every log. Logs live in `$KEELSON_VM_LOGS`, default
+//!   fails; `KEELSON_VM_KEEP_LOGS=1` keeps every log and initramfs (the log's first line is
+//!   the qemu command line, to reproduce a run by hand); `KEELSON_VM_KERNEL_ARGS` adds kernel
+//!   arguments to every VM (`loglevel=7` instead of the default `quiet`, say). Logs live in `$KEELSON_VM_LOGS`, default
 //!   `<temp dir>/keelson-vm-logs`.
 //!
 //! The guest's marker line decides: the payload's exit status must be 0, and for a test, libtest
@@ -378,7 +380,17 @@ pub fn run_in_vm(label: &str, argv: &[String], opts: &VmOptions) -> Result<VmRep
         arch,
         kernel: image,
         initrd,
-        append: opts.kernel_args.clone(),
+        append: opts
+            .kernel_args
+            .iter()
+            .cloned()
+            .chain(
+                std::env::var("KEELSON_VM_KERNEL_ARGS")
+                    .ok()
+                    .iter()
+                    .flat_map(|a| a.split_whitespace().map(str::to_owned).collect::<Vec<_>>()),
+            )
+            .collect(),
         memory_mib: opts.memory_mib,
         cpus: opts.cpus,
         machine: opts.machine,
@@ -409,7 +421,11 @@ pub fn run_in_vm(label: &str, argv: &[String], opts: &VmOptions) -> Result<VmRep
         Some(result) if !result.success() => Err(Error::Failed { result, log: log.clone() }),
         Some(_) => Ok(report),
     };
-    if verdict.is_ok() && !keep_logs() {
+    if keep_logs() {
+        // For reproducing by hand: the log's first line is the qemu command, naming this file.
+        let kept = work.keep();
+        eprintln!("kept serial log {} and initramfs in {}", log.display(), kept.display());
+    } else if verdict.is_ok() {
         let _ = std::fs::remove_file(&log);
     }
     verdict
