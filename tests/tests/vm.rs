@@ -243,6 +243,40 @@ fn qemu_dies_with_its_test_process() {
     }
 }
 
+/// On Debian's real module set: nf_conntrack's closure holds its hard dependencies and, through
+/// libcrc32c's `softdep=pre: crc32c`, the alias's providers; each module comes after everything
+/// it depends on, and the files are uncompressed ELF modules.
+#[test]
+fn real_module_closure_orders_dependencies_first() {
+    require!(Tier::Vm, vm::available());
+    let kernel = vm::Kernel::find(vm::Arch::host()).expect("kernel");
+    let mods = kernel.prepare_modules(&["nf_conntrack", "overlay"]).expect("closure");
+    let names: Vec<&str> = mods.iter().map(|m| m.name.as_str()).collect();
+    println!("load order: {names:?}");
+    let at = |n: &str| {
+        names.iter().position(|x| *x == n).unwrap_or_else(|| panic!("{n} missing from {names:?}"))
+    };
+    assert!(at("libcrc32c") < at("nf_conntrack"));
+    assert!(
+        at("crc32c_generic") < at("libcrc32c"),
+        "softdep pre: crc32c resolved through its alias"
+    );
+    assert!(at("nf_defrag_ipv4") < at("nf_conntrack"));
+    assert!(at("nf_defrag_ipv6") < at("nf_conntrack"));
+    assert_eq!(names.iter().filter(|n| **n == "overlay").count(), 1);
+    for m in &mods {
+        let bytes = fs::read(&m.path).expect("module file");
+        assert!(bytes.starts_with(b"\x7fELF"), "{} is not an uncompressed ELF", m.path.display());
+        let info = vm::modules::ModInfo::parse(
+            &m.name,
+            vm::kernel::modinfo_section(&bytes).expect("modinfo"),
+        );
+        for dep in &info.depends {
+            assert!(at(dep) < at(&m.name), "{dep} must load before {}", m.name);
+        }
+    }
+}
+
 /// The init is harmless on a host: it refuses to run unless it is PID 1.
 #[test]
 fn vminit_refuses_to_run_unless_pid_1() {

@@ -40,7 +40,7 @@
 //!   fails; `KEELSON_VM_KEEP_LOGS=1` keeps every log and initramfs (the log's first line is
 //!   the qemu command line, to reproduce a run by hand); `KEELSON_VM_KERNEL_ARGS` adds kernel
 //!   arguments to every VM (`loglevel=7` instead of the default `quiet`, say). Logs live in `$KEELSON_VM_LOGS`, default
-//!   `<temp dir>/keelson-vm-logs`.
+//!   `<temp dir>/keelson-vm-logs-<uid>`.
 //!
 //! The guest's marker line decides: the payload's exit status must be 0, and for a test, libtest
 //! must report exactly one test passed (so a misspelt name cannot pass by running nothing).
@@ -485,8 +485,10 @@ fn keep_logs() -> bool {
 }
 
 fn log_path(label: &str) -> PathBuf {
-    let dir = std::env::var_os("KEELSON_VM_LOGS")
-        .map_or_else(|| std::env::temp_dir().join("keelson-vm-logs"), PathBuf::from);
+    let dir = std::env::var_os("KEELSON_VM_LOGS").map_or_else(
+        || std::env::temp_dir().join(format!("keelson-vm-logs-{}", nix::unistd::getuid())),
+        PathBuf::from,
+    );
     let safe: String = label
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
