@@ -277,6 +277,45 @@ fn real_module_closure_orders_dependencies_first() {
     }
 }
 
+/// `None` when `program` is on PATH, else the reason a test cannot run.
+fn need_program(program: &str) -> Option<String> {
+    vm::qemu::find_in_path(program)
+        .is_none()
+        .then(|| format!("{program} not found (run dev/setup)"))
+}
+
+/// aarch64: Debian's arm64 kernel boots in `qemu-system-aarch64 -M virt` from our initramfs,
+/// with a static init cross-compiled from `tests/fixtures/arm64-init.c`, and reports a pure
+/// cgroup v2 hierarchy through the same marker protocol.
+#[test]
+fn arm64_guest_boots_debian_kernel_with_a_static_init() {
+    require!(Tier::Vm, vm::available_for(vm::Arch::Aarch64), need_program("aarch64-linux-gnu-gcc"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let init = dir.path().join("init");
+    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/arm64-init.c");
+    let cc = std::process::Command::new("aarch64-linux-gnu-gcc")
+        .args(["-static", "-Os", "-o"])
+        .arg(&init)
+        .arg(source)
+        .output()
+        .expect("run aarch64-linux-gnu-gcc");
+    assert!(cc.status.success(), "{}", String::from_utf8_lossy(&cc.stderr));
+    let opts = VmOptions::default().arch(vm::Arch::Aarch64).init_if_unset(&init);
+    let report = vm::run_in_vm("arm64-smoke", &[], &opts)
+        .unwrap_or_else(|e| panic!("arm64 guest: {}", vm::error_chain(&e)));
+    assert!(report.kernel_release.ends_with("arm64"), "{}", report.kernel_release);
+    assert!(
+        report.transcript.contains("release=6.12.")
+            && report.transcript.contains("machine=aarch64"),
+        "{}",
+        report.transcript
+    );
+    eprintln!(
+        "arm64 guest: init after {:?}, result after {:?}, qemu total {:?}",
+        report.boot_to_init, report.boot_to_result, report.total
+    );
+}
+
 /// The init is harmless on a host: it refuses to run unless it is PID 1.
 #[test]
 fn vminit_refuses_to_run_unless_pid_1() {

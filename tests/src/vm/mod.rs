@@ -45,8 +45,10 @@
 //! The guest's marker line decides: the payload's exit status must be 0, and for a test, libtest
 //! must report exactly one test passed (so a misspelt name cannot pass by running nothing).
 //!
-//! x86_64 only for now: the test binaries are x86_64. [`kernel`] prepares the arm64 `Image`
-//! too; booting it needs an arm64 build of the init and the test, which later issues add.
+//! Test binaries are x86_64, so `vm_test!` runs x86_64 guests. [`VmOptions::arch`] boots an
+//! aarch64 guest (`-M virt -cpu cortex-a57`, Debian's arm64 kernel) with an init built for it;
+//! `tests/tests/vm.rs` proves the path with a small static C init cross-compiled by the test.
+//! Running Rust tests in an arm64 guest needs the arm64 Rust cross build (TOOLCHAIN.md).
 
 pub mod cpio;
 pub mod guest;
@@ -135,7 +137,11 @@ pub fn in_vm() -> bool {
 
 /// `None` when this machine can run VMs (qemu and the kernel cache are there), else why not.
 pub fn available() -> Option<String> {
-    let arch = Arch::host();
+    available_for(Arch::host())
+}
+
+/// [`available`] for guests of `arch`.
+pub fn available_for(arch: Arch) -> Option<String> {
     if qemu::find_in_path(arch.qemu()).is_none() {
         return Some(format!("{} not found (run dev/setup)", arch.qemu()));
     }
@@ -186,6 +192,9 @@ pub struct VmOptions {
     pub memory_mib: u32,
     /// Guest CPUs (default 2).
     pub cpus: u32,
+    /// Guest architecture (default: the host's, which is what test binaries are built for;
+    /// another one needs an init and payload built for it).
+    pub arch: Arch,
     /// x86_64 machine type (default q35, see [`qemu::Machine`]).
     pub machine: qemu::Machine,
     /// Kernel modules to load, by name or alias; their closure is loaded in order.
@@ -209,6 +218,7 @@ impl Default for VmOptions {
             timeout: Duration::from_secs(120),
             memory_mib: 1024,
             cpus: 2,
+            arch: Arch::host(),
             machine: qemu::Machine::default(),
             modules: Vec::new(),
             controllers: ["cpu", "memory", "pids", "io"].map(String::from).to_vec(),
@@ -230,6 +240,12 @@ impl VmOptions {
     /// Sets the guest memory.
     pub fn memory_mib(mut self, mib: u32) -> Self {
         self.memory_mib = mib;
+        self
+    }
+
+    /// Sets the guest architecture.
+    pub fn arch(mut self, arch: Arch) -> Self {
+        self.arch = arch;
         self
     }
 
@@ -324,7 +340,7 @@ pub struct VmReport {
 /// binaries must be in `opts.files`; [`run_test_in_vm`] adds the test binary itself.
 pub fn run_in_vm(label: &str, argv: &[String], opts: &VmOptions) -> Result<VmReport> {
     let prepare_started = std::time::Instant::now();
-    let arch = Arch::host();
+    let arch = opts.arch;
     let kernel = Kernel::find(arch)?;
     let image = kernel.boot_image()?;
     let names: Vec<&str> = opts.modules.iter().map(String::as_str).collect();
