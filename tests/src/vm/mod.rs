@@ -2,7 +2,7 @@
 //!
 //! # Writing a VM test
 //!
-//! A test in `tests/tests/*.rs` (crate `keelson-tests`) starts with [`vm_test!`]:
+//! A test in `tests/tests/*.rs` (crate `keelson-tests`) starts with [`vm_test!`](crate::vm_test):
 //!
 //! ```ignore
 //! use keelson_tests::vm::VmOptions;
@@ -35,12 +35,22 @@
 //!   modules with their dependency closure ([`modules`]), uncompressed, in load order, and
 //!   whatever files, binaries (with their libraries) and directory trees the test adds through
 //!   [`VmOptions`] (the shim binary, an OCI image layout, ...);
-//! - qemu, TCG, `-M q35` (see [`qemu::Machine`] for why not microvm), 2 CPUs, 1 GiB, no network device, serial console to a log
-//!   ([`qemu`]). The log is deleted when the test passes and kept (its path printed) when it
-//!   fails; `KEELSON_VM_KEEP_LOGS=1` keeps every log and initramfs (the log's first line is
-//!   the qemu command line, to reproduce a run by hand); `KEELSON_VM_KERNEL_ARGS` adds kernel
-//!   arguments to every VM (`loglevel=7` instead of the default `quiet`, say). Logs live in `$KEELSON_VM_LOGS`, default
-//!   `<temp dir>/keelson-vm-logs-<uid>`.
+//! - qemu, TCG, `-M q35` (see [`qemu::Machine`] for why not microvm), 2 CPUs, 1 GiB, no network
+//!   device, serial console to a log ([`qemu`]).
+//!
+//! A test adds what it needs with the [`VmOptions`] builder: `.binary(path, "/usr/bin/x")` for
+//! a host executable with its shared libraries (the shim: [`target_binary`] finds binaries of
+//! other workspace crates in the same target dir, once cargo has built them), `.tree(dir,
+//! "/images/busybox")` for a directory (an OCI layout), `.file`, `.bytes`, `.env`, `.module`.
+//!
+//! Logs: the serial log is deleted when the test passes and kept (its path printed) when it
+//! fails. `KEELSON_VM_KEEP_LOGS=1` keeps every log and initramfs (the log's first line is the
+//! qemu command line, to reproduce a run by hand); `KEELSON_VM_KERNEL_ARGS` adds kernel
+//! arguments to every VM (`loglevel=7` to see what `quiet` hides). Logs live in
+//! `$KEELSON_VM_LOGS`, default `<temp dir>/keelson-vm-logs-<uid>`.
+//!
+//! The tier needs no root on the host (TCG, no devices): only the kernel cache, which the first
+//! run prepares (about 15 s: `vmlinux` and the module index) and later runs reuse.
 //!
 //! The guest's marker line decides: the payload's exit status must be 0, and for a test, libtest
 //! must report exactly one test passed (so a misspelt name cannot pass by running nothing).
@@ -306,15 +316,16 @@ impl VmOptions {
         if let Some(p) = std::env::var_os("KEELSON_VMINIT") {
             return Ok(PathBuf::from(p));
         }
-        let exe = std::env::current_exe().map_err(Error::CurrentExe)?;
-        // target/<profile>/deps/<test>-<hash> -> target/<profile>/keelson-vminit
-        let guess = exe
-            .parent()
-            .and_then(Path::parent)
-            .map(|d| d.join("keelson-vminit"))
-            .unwrap_or_else(|| PathBuf::from("keelson-vminit"));
-        Ok(guess)
+        target_binary("keelson-vminit")
     }
+}
+
+/// The path of the workspace binary `name` in the running test's target dir:
+/// `target/<profile>/deps/<test>-<hash>` -> `target/<profile>/<name>`. The binary is there only
+/// once cargo has built it (it does so for the binaries of the test's own package).
+pub fn target_binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe().map_err(Error::CurrentExe)?;
+    Ok(exe.parent().and_then(Path::parent).map_or_else(|| PathBuf::from(name), |d| d.join(name)))
 }
 
 /// What a successful VM run reports.
@@ -490,7 +501,7 @@ impl VmOptions {
 }
 
 /// The libtest name of a test from the type name of a function item defined inside it
-/// (`vm::some_test::__here` -> `some_test`): what [`vm_test!`] uses.
+/// (`vm::some_test::__here` -> `some_test`): what [`vm_test!`](crate::vm_test) uses.
 pub fn test_name_from_marker_fn(type_name: &str) -> String {
     let inner = type_name.rsplit_once("::").map_or(type_name, |(path, _marker)| path);
     inner.split_once("::").map_or(inner, |(_crate, rest)| rest).to_owned()
