@@ -133,6 +133,26 @@ fn guest_failure_is_reported_on_the_host() {
     }
 }
 
+/// A guest that never prints the result marker fails even though qemu exits by itself: here
+/// the init is `/usr/bin/true`, which exits at once, so the kernel panics (`panic=-1` reboots,
+/// `-no-reboot` ends qemu).
+#[test]
+fn guest_without_result_marker_is_a_failure() {
+    require!(Tier::Vm, vm::available());
+    let started = Instant::now();
+    let err = vm::run_in_vm("no-marker", &[], &VmOptions::default().init_if_unset("/usr/bin/true"))
+        .expect_err("no marker must fail");
+    match &err {
+        vm::Error::NoResult { log, .. } => {
+            let serial = fs::read_to_string(log).expect("the log of a failure is kept");
+            assert!(serial.contains("Attempted to kill init"), "{serial}");
+            let _ = fs::remove_file(log);
+        }
+        other => panic!("expected a missing result, got {}", vm::error_chain(other)),
+    }
+    assert!(started.elapsed() < Duration::from_secs(100), "qemu did not end with the guest");
+}
+
 #[test]
 fn misspelt_test_name_is_not_a_pass() {
     require!(Tier::Vm, vm::available());
