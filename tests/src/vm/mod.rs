@@ -361,8 +361,9 @@ pub fn run_in_vm(label: &str, argv: &[String], opts: &VmOptions) -> Result<VmRep
     if !init.is_file() {
         return Err(Error::NoInit(init));
     }
+    let work = tempfile::Builder::new().prefix("keelson-vm-").tempdir().map_err(Error::TempDir)?;
     let mut fs = initramfs::Initramfs::new();
-    fs.add_host_binary(&init, "/init")?;
+    fs.add_host_binary_as(&init, &stripped(&init, work.path()), "/init")?;
     fs.add_bytes("/etc/passwd", "root:x:0:0:root:/root:/bin/sh\n", 0o644)?;
     fs.add_bytes("/etc/group", "root:x:0:\n", 0o644)?;
     let mut module_paths = Vec::new();
@@ -374,7 +375,9 @@ pub fn run_in_vm(label: &str, argv: &[String], opts: &VmOptions) -> Result<VmRep
     for f in &opts.files {
         match f {
             GuestFile::File { host, guest } => fs.add_host_file(host, guest)?,
-            GuestFile::Binary { host, guest } => fs.add_host_binary(host, guest)?,
+            GuestFile::Binary { host, guest } => {
+                fs.add_host_binary_as(host, &stripped(host, work.path()), guest)?
+            }
             GuestFile::Tree { host, guest } => fs.add_host_tree(host, guest)?,
             GuestFile::Bytes { guest, data, mode } => fs.add_bytes(guest, data.clone(), *mode)?,
         };
@@ -396,7 +399,6 @@ pub fn run_in_vm(label: &str, argv: &[String], opts: &VmOptions) -> Result<VmRep
     let json = serde_json::to_vec_pretty(&config).expect("the guest config always serializes");
     fs.add_bytes(guest::CONFIG_PATH, json, 0o644)?;
 
-    let work = tempfile::Builder::new().prefix("keelson-vm-").tempdir().map_err(Error::TempDir)?;
     let initrd = work.path().join("initramfs.cpio");
     fs.write(&initrd)?;
     let initramfs_bytes = std::fs::metadata(&initrd).map(|m| m.len()).unwrap_or(0);
@@ -456,6 +458,32 @@ pub fn run_in_vm(label: &str, argv: &[String], opts: &VmOptions) -> Result<VmRep
         let _ = std::fs::remove_file(&log);
     }
     verdict
+}
+
+/// A copy of `binary` without debug sections in `dir` (`objcopy --strip-debug`), or `binary`
+/// itself if that fails or `KEELSON_VM_DEBUGINFO=1`. Debug info is most of a debug build's
+/// size (21 MB -> 4 MB for a test binary) and unpacking the initramfs under TCG costs about a
+/// second per 30 MB; panics still name file and line, backtraces still name functions.
+fn stripped(binary: &Path, dir: &Path) -> PathBuf {
+    if std::env::var("KEELSON_VM_DEBUGINFO").is_ok_and(|v| v == "1") {
+        return binary.to_owned();
+    }
+    let name = binary.file_name().map_or_else(|| "binary".into(), |n| n.to_os_string());
+    let out = dir.join("stripped").join(name);
+    let ok = std::fs::create_dir_all(dir.join("stripped")).is_ok()
+        && !out.exists()
+        && std::process::Command::new("objcopy")
+            .arg("--strip-debug")
+            .arg(binary)
+            .arg(&out)
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if ok {
+        out
+    } else {
+        tracing::debug!(binary = %binary.display(), "not stripped: objcopy failed or name taken");
+        binary.to_owned()
+    }
 }
 
 /// Runs the test `name` of the module `module_path` (as `module_path!()` gives it: the crate
