@@ -425,6 +425,8 @@ pub fn run_in_vm(label: &str, argv: &[String], opts: &VmOptions) -> Result<VmRep
         machine: opts.machine,
         timeout: opts.timeout,
         log: log.clone(),
+        exit_grace: qemu::EXIT_GRACE,
+        program: None,
     })?;
     let report = VmReport {
         kernel_release: kernel.release.clone(),
