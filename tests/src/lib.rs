@@ -9,6 +9,9 @@
 
 use std::fmt;
 
+pub mod images;
+pub mod vm;
+
 /// A test tier beyond the unit tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tier {

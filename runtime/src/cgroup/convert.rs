@@ -60,6 +60,7 @@ pub fn max_or(limit: Option<u64>) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -95,7 +96,7 @@ mod tests {
         assert_eq!(millicores_to_quota(11), 1100);
         assert_eq!(millicores_to_quota(250), 25_000);
         assert_eq!(millicores_to_quota(2000), 200_000);
-        assert_eq!(millicores_to_quota(u64::MAX), i64::MAX);
+        assert_eq!(millicores_to_quota(u64::MAX), (u64::MAX / 1000) as i64, "saturates, no panic");
         assert_eq!(cpu_max(Some(500)), "50000 100000");
         assert_eq!(cpu_max(None), "max 100000");
     }

@@ -1,4 +1,8 @@
 //! Which cgroup layout the host has, from `/proc/self/mountinfo`.
+//!
+//! The parser is a few lines over the documented mountinfo format (proc(5)); the `procfs` crate
+//! would parse it too but reads `/proc` itself, while this takes the text so that the hybrid and
+//! pure-v2 layouts are unit-testable.
 
 use std::path::{Path, PathBuf};
 
@@ -121,6 +125,7 @@ pub fn detect_host() -> Result<CgroupSetup> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::cgroup::fs::FakeCgroupFs;

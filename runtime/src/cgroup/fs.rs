@@ -458,6 +458,7 @@ impl CgroupFs for FakeCgroupFs {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -44,6 +44,23 @@ impl Layout {
         }
     }
 
+    /// The pods that have a cgroup under this layout, as (QoS class, pod uid), sorted: what a
+    /// restarted agent adopts or garbage-collects.
+    pub fn list_pods(&self, fs: &dyn CgroupFs) -> Result<Vec<(QosClass, String)>> {
+        let mut out = Vec::new();
+        for qos in [QosClass::Guaranteed, QosClass::Burstable, QosClass::BestEffort] {
+            for child in fs.children(&self.qos_dir(qos))? {
+                if let Some(uid) = child.strip_prefix("pod") {
+                    if self.pod_dir(qos, uid).is_ok() {
+                        out.push((qos, uid.to_owned()));
+                    }
+                }
+            }
+        }
+        out.sort_by(|a, b| a.1.cmp(&b.1));
+        Ok(out)
+    }
+
     /// The cgroup of a pod, `pod<uid>` under its QoS class.
     pub fn pod_dir(&self, qos: QosClass, pod_uid: &str) -> Result<PathBuf> {
         let ok = !pod_uid.is_empty()
@@ -138,6 +155,16 @@ impl PodCgroup {
         Ok(pod)
     }
 
+    /// The handle of an existing pod cgroup (after an agent restart), without touching it.
+    pub fn open(layout: &Layout, qos: QosClass, pod_uid: &str, limits: bool) -> Result<Self> {
+        Ok(Self { path: layout.pod_dir(qos, pod_uid)?, limits })
+    }
+
+    /// Moves process `pid` (the shim) into the pod's shim leaf.
+    pub fn add_shim(&self, fs: &dyn CgroupFs, pid: i32) -> Result<()> {
+        fs.write(&self.shim(), "cgroup.procs", &pid.to_string())
+    }
+
     /// The shim's leaf.
     pub fn shim(&self) -> PathBuf {
         self.path.join(SHIM_LEAF)
@@ -193,6 +220,7 @@ fn remove_tree(fs: &dyn CgroupFs, path: &Path) -> Result<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::cgroup::fs::FakeCgroupFs;
@@ -344,6 +372,34 @@ mod tests {
             // Removing again is fine.
             pod.remove(&fs).unwrap();
         }
+    }
+
+    #[test]
+    fn pods_are_listed_for_adoption_and_opened_without_changes() {
+        let fs = FakeCgroupFs::new("cpu memory pids", true);
+        let l = Layout::default();
+        let r = Resources::default();
+        PodCgroup::create(&fs, &l, QosClass::Guaranteed, "g1", true, &r).unwrap();
+        PodCgroup::create(&fs, &l, QosClass::BestEffort, "b1", true, &r).unwrap();
+        let pod = PodCgroup::create(&fs, &l, QosClass::Burstable, "a1", true, &r).unwrap();
+        // Not pods: the QoS cgroups themselves and foreign names.
+        fs.create_dir(Path::new("keelson/stray")).unwrap();
+        assert_eq!(
+            l.list_pods(&fs).unwrap(),
+            vec![
+                (QosClass::Burstable, "a1".to_owned()),
+                (QosClass::BestEffort, "b1".to_owned()),
+                (QosClass::Guaranteed, "g1".to_owned()),
+            ]
+        );
+        let writes = fs.writes().len();
+        let opened = PodCgroup::open(&l, QosClass::Burstable, "a1", true).unwrap();
+        assert_eq!(opened, pod);
+        assert_eq!(fs.writes().len(), writes);
+        opened.add_shim(&fs, 4242).unwrap();
+        assert_eq!(fs.pids(&opened.shim()).unwrap(), vec![4242]);
+        // An empty hierarchy lists nothing.
+        assert!(Layout::default().list_pods(&FakeCgroupFs::new("", true)).unwrap().is_empty());
     }
 
     #[test]

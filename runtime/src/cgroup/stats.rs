@@ -100,6 +100,7 @@ pub fn oom_killed(before: &CgroupStats, after: &CgroupStats) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::cgroup::fs::{FakeCgroupFs, RealCgroupFs};

@@ -63,6 +63,20 @@ pub enum Error {
         /// The name as given.
         name: String,
     },
+    /// An added capability the runtime itself does not have.
+    #[error("capability {name} is not in the runtime's bounding set")]
+    CapabilityUnavailable {
+        /// The capability.
+        name: String,
+    },
+    /// Reading a fact about this host or process failed.
+    #[error("read {path}")]
+    ReadHost {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// A user name not in the rootfs's `/etc/passwd`.
     #[error("user {name:?} not found in the image's /etc/passwd")]
     UnknownUser {
@@ -118,6 +132,14 @@ pub enum Error {
         host: PathBuf,
         /// Container path.
         target: PathBuf,
+    },
+    /// Listing the host's devices for a privileged container failed.
+    #[error("list host devices in {path}")]
+    HostDevices {
+        /// The directory being listed.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
     },
     /// Reading this process's `RLIMIT_NOFILE` failed.
     #[error("read RLIMIT_NOFILE")]
@@ -243,16 +265,34 @@ pub const MASKED_PATHS: [&str; 12] = [
 pub const READONLY_PATHS: [&str; 5] =
     ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
 
-/// Builds the OCI runtime spec of a container.
-pub fn build(input: &SpecInput<'_>) -> Result<Spec> {
-    let hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-        .map_err(Error::Rlimit)?
-        .1;
-    build_with_nofile_hard_limit(input, hard)
+/// What [`build`] needs to know about the process that will start the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostFacts {
+    /// This process's `RLIMIT_NOFILE` hard limit: the container's limit never exceeds it.
+    pub nofile_hard: u64,
+    /// This process's capability bounding set: the most a container can get.
+    pub bounding: Capabilities,
 }
 
-/// [`build`] with this process's `RLIMIT_NOFILE` hard limit given (for tests).
-pub fn build_with_nofile_hard_limit(input: &SpecInput<'_>, nofile_hard: u64) -> Result<Spec> {
+impl HostFacts {
+    /// The facts of the calling process.
+    pub fn current() -> Result<Self> {
+        let nofile_hard =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                .map_err(Error::Rlimit)?
+                .1;
+        Ok(Self { nofile_hard, bounding: caps::current_bounding()? })
+    }
+}
+
+/// Builds the OCI runtime spec of a container, for the calling process's limits and
+/// capabilities ([`HostFacts::current`]).
+pub fn build(input: &SpecInput<'_>) -> Result<Spec> {
+    build_with_host(input, &HostFacts::current()?)
+}
+
+/// [`build`] with the host facts given (for tests, or to compute them once).
+pub fn build_with_host(input: &SpecInput<'_>, host: &HostFacts) -> Result<Spec> {
     let c = input.container;
     let sec = &c.security;
     let privileged = sec.privileged;
@@ -272,13 +312,13 @@ pub fn build_with_nofile_hard_limit(input: &SpecInput<'_>, nofile_hard: u64) -> 
         .build()
         .map_err(oci("process.user"))?;
 
-    let bounding = caps::effective_set(&sec.capabilities, privileged)?;
+    let bounding = caps::effective_set(&sec.capabilities, privileged, &host.bounding)?;
     let no_new_privileges = match sec.allow_privilege_escalation {
         Some(allow) => !allow,
         None => !(privileged || seccomp::has_sys_admin(&bounding)),
     };
 
-    let nofile = NOFILE_LIMIT.min(nofile_hard);
+    let nofile = NOFILE_LIMIT.min(host.nofile_hard);
     let rlimit: PosixRlimit = PosixRlimitBuilder::default()
         .typ(PosixRlimitType::RlimitNofile)
         .soft(nofile)
@@ -306,25 +346,39 @@ pub fn build_with_nofile_hard_limit(input: &SpecInput<'_>, nofile_hard: u64) -> 
 
     let mounts = mounts(input)?;
 
-    let mut linux = LinuxBuilder::default()
-        .namespaces(namespaces(input.sandbox)?)
-        .cgroups_path(input.cgroups_path)
-        .devices(default_devices()?);
-    if !privileged {
-        linux = linux
-            .masked_paths(MASKED_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-            .readonly_paths(READONLY_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    // oci-spec's builders start from its own defaults (default masked paths, an empty
+    // resources section, …): set every field we rely on explicitly.
+    let mut linux = LinuxBuilder::default().build().map_err(oci("linux"))?;
+    linux.set_namespaces(Some(namespaces(input.sandbox)?));
+    linux.set_cgroups_path(Some(input.cgroups_path.to_owned()));
+    let mut devices = default_devices()?;
+    if privileged {
+        // Privileged containers see the host's devices, as with containerd.
+        let host = host_devices(Path::new("/dev"))?;
+        devices.retain(|d| !host.iter().any(|h| h.path() == d.path()));
+        devices.extend(host);
     }
-    if let Some(seccomp) = seccomp::for_container(&sec.seccomp, privileged, &bounding)? {
-        linux = linux.seccomp(seccomp);
-    }
-    if input.cgroup_limits {
-        linux = linux.resources(resources(&c.resources, privileged)?);
-    }
-    if let Some(propagation) = rootfs_propagation(&c.mounts) {
-        linux = linux.rootfs_propagation(propagation);
-    }
-    let linux = linux.build().map_err(oci("linux"))?;
+    linux.set_devices(Some(devices));
+    let (masked, readonly) = if privileged {
+        (None, None)
+    } else {
+        (
+            Some(MASKED_PATHS.iter().map(|s| s.to_string()).collect()),
+            Some(READONLY_PATHS.iter().map(|s| s.to_string()).collect()),
+        )
+    };
+    linux.set_masked_paths(masked);
+    linux.set_readonly_paths(readonly);
+    linux.set_seccomp(seccomp::for_container(&sec.seccomp, privileged, &bounding)?);
+    linux.set_resources(if input.cgroup_limits {
+        Some(resources(&c.resources, privileged)?)
+    } else {
+        None
+    });
+    linux.set_rootfs_propagation(rootfs_propagation(&c.mounts).map(str::to_owned));
+    linux.set_sysctl(None);
+    linux.set_uid_mappings(None);
+    linux.set_gid_mappings(None);
 
     let mut spec = SpecBuilder::default()
         .version("1.0.2")
@@ -334,9 +388,10 @@ pub fn build_with_nofile_hard_limit(input: &SpecInput<'_>, nofile_hard: u64) -> 
         .linux(linux)
         .build()
         .map_err(oci("spec"))?;
-    if input.sandbox.uts != NamespaceMode::Host {
-        spec.set_hostname(Some(input.hostname.to_owned()));
-    }
+    // libcontainer refuses a hostname without a UTS namespace.
+    let hostname = (input.sandbox.uts != NamespaceMode::Host).then(|| input.hostname.to_owned());
+    spec.set_hostname(hostname);
+    spec.set_annotations(None);
     Ok(spec)
 }
 
@@ -414,7 +469,7 @@ fn process_env(
         }
     }
     env.set("HOSTNAME", hostname);
-    for (k, v) in container_env {
+    for (k, v) in container_env.iter().filter(|(k, _)| !k.is_empty()) {
         env.set(k, v);
     }
     if !env.contains("PATH") {
@@ -634,6 +689,80 @@ fn default_devices() -> Result<Vec<LinuxDevice>> {
         .collect()
 }
 
+/// Directories of `/dev` that are per-container mounts or not devices (runc's list).
+const HOST_DEV_SKIP: [&str; 7] = ["pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev"];
+
+/// The character and block devices under `dir` (the host's `/dev`), without `console` and
+/// `ptmx` (the container gets its own from devpts) and without symlinks.
+pub fn host_devices(dir: &Path) -> Result<Vec<LinuxDevice>> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| Error::HostDevices { path, source }
+    };
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            // A subdirectory that vanished meanwhile (hotplug) or that we may not read is
+            // skipped; only the top directory must be listable.
+            Err(e)
+                if d != dir
+                    && matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+                    ) =>
+            {
+                continue
+            }
+            other => other.map_err(err(&d))?,
+        };
+        for entry in entries {
+            let entry = entry.map_err(err(&d))?;
+            let path = entry.path();
+            let name = entry.file_name();
+            let meta = match std::fs::symlink_metadata(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                other => other.map_err(err(&path))?,
+            };
+            let ft = meta.file_type();
+            if ft.is_dir() {
+                if !HOST_DEV_SKIP.iter().any(|s| name == *s) {
+                    stack.push(path);
+                }
+                continue;
+            }
+            if d == dir && (name == "console" || name == "ptmx") {
+                continue;
+            }
+            let typ = if ft.is_char_device() {
+                LinuxDeviceType::C
+            } else if ft.is_block_device() {
+                LinuxDeviceType::B
+            } else {
+                continue;
+            };
+            let rdev = meta.rdev();
+            let major = i64::try_from(nix::sys::stat::major(rdev)).unwrap_or(i64::MAX);
+            let minor = i64::try_from(nix::sys::stat::minor(rdev)).unwrap_or(i64::MAX);
+            out.push(
+                LinuxDeviceBuilder::default()
+                    .path(path)
+                    .typ(typ)
+                    .major(major)
+                    .minor(minor)
+                    .file_mode(meta.mode() & 0o7777)
+                    .uid(meta.uid())
+                    .gid(meta.gid())
+                    .build()
+                    .map_err(oci("linux.devices"))?,
+            );
+        }
+    }
+    out.sort_by(|a, b| a.path().cmp(b.path()));
+    Ok(out)
+}
+
 fn device_rule(
     allow: bool,
     typ: Option<LinuxDeviceType>,
@@ -702,6 +831,19 @@ fn resources(r: &Resources, privileged: bool) -> Result<LinuxResources> {
     b.build().map_err(oci("linux.resources"))
 }
 
+/// Adapts a spec for libcontainer 0.7 before it creates the container: swaps the operands of
+/// masked seccomp comparisons, which libcontainer reads the other way round from runc (see
+/// [`seccomp::swap_masked_eq_for_libcontainer`]; without it, `clone` with namespace flags is
+/// allowed under RuntimeDefault). libcontainer reads `<bundle>/config.json`: write the adapted
+/// spec there, and the unadapted one wherever runc or crun will read it.
+pub fn adapt_for_libcontainer(spec: &mut Spec) {
+    if let Some(linux) = spec.linux_mut() {
+        if let Some(seccomp) = linux.seccomp_mut() {
+            seccomp::swap_masked_eq_for_libcontainer(seccomp);
+        }
+    }
+}
+
 /// The bounding set a built spec carries (empty when it has none).
 pub fn bounding_set(spec: &Spec) -> Capabilities {
     spec.process()
@@ -712,4 +854,5 @@ pub fn bounding_set(spec: &Spec) -> Capabilities {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests;

@@ -15,6 +15,10 @@
 //! result is a plain OCI profile that libcontainer loads as is. Syscall names that do not exist
 //! on an architecture (`chown32` on x86_64) stay in the profile: libcontainer skips names
 //! libseccomp cannot resolve, as runc does.
+//!
+//! The resolver is our own: oci-spec models only the OCI form, the Docker form is read by Go
+//! libraries (moby, containers/common) with no Rust counterpart, and resolving is a filter over
+//! a list.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -155,10 +159,13 @@ impl Profile {
         Ok(profile)
     }
 
-    /// The RuntimeDefault profile.
-    pub fn runtime_default() -> Self {
-        Self::parse(DEFAULT_PROFILE, Path::new("<runtime default>"))
-            .expect("the embedded default profile is valid: a unit test parses it")
+    /// The RuntimeDefault profile (parsed once per process).
+    pub fn runtime_default() -> &'static Self {
+        static PROFILE: std::sync::OnceLock<Profile> = std::sync::OnceLock::new();
+        PROFILE.get_or_init(|| {
+            Self::parse(DEFAULT_PROFILE, Path::new("<runtime default>"))
+                .expect("the embedded default profile is valid: a unit test parses it")
+        })
     }
 
     /// Reads a `Localhost` profile from a file on the node.
@@ -236,6 +243,49 @@ impl Profile {
     }
 }
 
+/// Rewrites `SCMP_CMP_MASKED_EQ` arguments for libcontainer 0.7, which reads them the other way
+/// round from the runtime spec.
+///
+/// The runtime spec and runc read `{value, valueTwo}` of a masked comparison as mask and datum
+/// (libseccomp's `SCMP_CMP(arg, MASKED_EQ, mask, datum)`, which matches when
+/// `arg & mask == datum & mask`); libcontainer 0.7's `translate_op` passes `valueTwo` as the
+/// mask and `value` as the datum. The default profile's `clone` rule (`value` = namespace
+/// flags, `valueTwo` = 0) then becomes `arg & 0 == flags & 0`, which always matches: `clone`
+/// with `CLONE_NEWUSER` is allowed without `CAP_SYS_ADMIN`. Measured here with libcontainer's
+/// own `initialize_seccomp`: as written, `clone(CLONE_NEWUSER)` succeeds; after this swap it
+/// fails with `EPERM` while a plain `clone` still works.
+///
+/// Specs built here are correct for runc and crun; the shim applies this (through
+/// [`super::adapt_for_libcontainer`]) to the copy it writes for libcontainer. Applying it twice
+/// restores the original.
+pub fn swap_masked_eq_for_libcontainer(seccomp: &mut LinuxSeccomp) {
+    let Some(mut syscalls) = seccomp.syscalls().clone() else {
+        return;
+    };
+    for rule in &mut syscalls {
+        let Some(args) = rule.args().clone() else {
+            continue;
+        };
+        let swapped = args
+            .into_iter()
+            .map(|a| {
+                if a.op() != LinuxSeccompOperator::ScmpCmpMaskedEq {
+                    return a;
+                }
+                LinuxSeccompArgBuilder::default()
+                    .index(a.index())
+                    .value(a.value_two().unwrap_or(0))
+                    .value_two(a.value())
+                    .op(a.op())
+                    .build()
+                    .expect("every field of the argument is set")
+            })
+            .collect();
+        rule.set_args(Some(swapped));
+    }
+    seccomp.set_syscalls(Some(syscalls));
+}
+
 /// What a filter does with one syscall, as far as [`evaluate`] can tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -297,12 +347,14 @@ pub(super) fn for_container(
     if privileged {
         return Ok(None);
     }
-    let profile = match profile {
-        SeccompProfile::Unconfined => return Ok(None),
-        SeccompProfile::RuntimeDefault => Profile::runtime_default(),
-        SeccompProfile::Localhost(path) => Profile::read(path)?,
-    };
-    profile.resolve(TargetArch::native(), bounding).map(Some)
+    let arch = TargetArch::native();
+    match profile {
+        SeccompProfile::Unconfined => Ok(None),
+        SeccompProfile::RuntimeDefault => {
+            Profile::runtime_default().resolve(arch, bounding).map(Some)
+        }
+        SeccompProfile::Localhost(path) => Profile::read(path)?.resolve(arch, bounding).map(Some),
+    }
 }
 
 /// Whether a capability set holds `CAP_SYS_ADMIN` (used in docs and tests).
@@ -311,6 +363,7 @@ pub fn has_sys_admin(bounding: &Capabilities) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::spec::caps;
@@ -498,6 +551,31 @@ mod tests {
 
         let missing = dir.path().join("missing.json");
         assert!(matches!(Profile::read(&missing), Err(Error::ReadSeccomp { .. })));
+    }
+
+    #[test]
+    fn masked_eq_swap_for_libcontainer_moves_the_mask_and_is_an_involution() {
+        let orig = Profile::runtime_default().resolve(TargetArch::X86_64, &default_caps()).unwrap();
+        let mut s = orig.clone();
+        swap_masked_eq_for_libcontainer(&mut s);
+        let clone_rule = |s: &LinuxSeccomp| {
+            s.syscalls()
+                .iter()
+                .flatten()
+                .find(|r| r.names() == &["clone"] && r.args().is_some())
+                .and_then(|r| r.args().clone())
+                .unwrap()[0]
+        };
+        let ns = 0x7e02_0000u64;
+        assert_eq!((clone_rule(&orig).value(), clone_rule(&orig).value_two()), (ns, Some(0)));
+        assert_eq!((clone_rule(&s).value(), clone_rule(&s).value_two()), (0, Some(ns)));
+        // Other comparisons are untouched.
+        let personality = |s: &LinuxSeccomp| {
+            s.syscalls().iter().flatten().filter(|r| r.names() == &["personality"]).count()
+        };
+        assert_eq!(personality(&s), personality(&orig));
+        swap_masked_eq_for_libcontainer(&mut s);
+        assert_eq!(s, orig);
     }
 
     #[test]

@@ -86,12 +86,17 @@ impl Fixture {
     }
 
     fn build(&self) -> Spec {
-        build_with_nofile_hard_limit(&self.input(), 20_000).unwrap()
+        build_with_host(&self.input(), &host(20_000)).unwrap()
     }
 
     fn err(&self) -> Error {
-        build_with_nofile_hard_limit(&self.input(), 20_000).unwrap_err()
+        build_with_host(&self.input(), &host(20_000)).unwrap_err()
     }
+}
+
+/// A host with every capability and the given open-files hard limit.
+fn host(nofile_hard: u64) -> HostFacts {
+    HostFacts { nofile_hard, bounding: caps::ALL.into_iter().collect() }
 }
 
 fn process(spec: &Spec) -> &Process {
@@ -244,6 +249,13 @@ fn default_capabilities_with_changes_and_unknown_names_rejected() {
 
     f.container.security.capabilities.add = vec!["CAP_FLY".into()];
     assert!(matches!(f.err(), Error::UnknownCapability { ref name } if name == "CAP_FLY"));
+
+    // On a host without CAP_SYS_RESOURCE (these sandboxes), privileged gets what there is.
+    f.container.security.capabilities = config::Capabilities::default();
+    f.container.security.privileged = true;
+    let poor = HostFacts { nofile_hard: 1024, bounding: caps::from_mask(0x0000_01ff_feff_ffff) };
+    let s = build_with_host(&f.input(), &poor).unwrap();
+    assert_eq!(bounding_set(&s), poor.bounding);
 }
 
 #[test]
@@ -456,7 +468,7 @@ fn readonly_rootfs_makes_root_and_etc_files_read_only() {
 fn nofile_is_1024_clamped_to_the_hard_limit() {
     let f = Fixture::new();
     let nofile = |hard| {
-        let s = build_with_nofile_hard_limit(&f.input(), hard).unwrap();
+        let s = build_with_host(&f.input(), &host(hard)).unwrap();
         let r = process(&s).rlimits().clone().unwrap();
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].typ(), PosixRlimitType::RlimitNofile);
@@ -529,10 +541,10 @@ fn resources_map_like_the_kubelet_only_when_limits_are_on() {
     assert_eq!(cpu.shares(), Some(256));
     assert_eq!(cpu.quota(), Some(50_000));
     assert_eq!(cpu.period(), Some(100_000));
-    let mem = r.memory().clone().unwrap();
+    let mem = r.memory().unwrap();
     assert_eq!(mem.limit(), Some(128 << 20));
     assert_eq!(mem.swap(), Some(128 << 20));
-    assert_eq!(r.pids().clone().unwrap().limit(), 64);
+    assert_eq!(r.pids().unwrap().limit(), 64);
     let devices = r.devices().clone().unwrap();
     assert!(!devices[0].allow() && devices[0].access().as_deref() == Some("rwm"), "deny all first");
     assert!(devices.iter().any(|d| d.allow() && d.major() == Some(136)), "ptys allowed");
@@ -615,4 +627,53 @@ fn exec_inherits_user_cwd_and_caps_and_overrides_args_tty_env() {
     let mut bare = spec.clone();
     bare.set_process(None);
     assert!(matches!(build_exec_process(&bare, &exec), Err(Error::NoProcess)));
+}
+
+#[test]
+fn privileged_containers_get_the_host_devices() {
+    let host = host_devices(Path::new("/dev")).unwrap();
+    let null = host.iter().find(|d| d.path() == Path::new("/dev/null")).expect("/dev/null listed");
+    assert_eq!((null.major(), null.minor()), (1, 3));
+    assert!(host
+        .iter()
+        .all(|d| d.path() != Path::new("/dev/ptmx") && d.path() != Path::new("/dev/console")));
+    assert!(host.iter().all(|d| !d.path().starts_with("/dev/pts")));
+
+    let mut f = Fixture::new();
+    f.container.security.privileged = true;
+    let s = f.build();
+    let devs = linux(&s).devices().clone().unwrap();
+    let nulls = devs.iter().filter(|d| d.path() == Path::new("/dev/null")).count();
+    assert_eq!(nulls, 1, "default and host devices are merged by path");
+    assert!(host.iter().all(|h| devs.contains(h)), "every host device is in the spec");
+    let rules = linux(&s).resources().clone().unwrap().devices().clone().unwrap();
+    assert_eq!(rules.len(), 1);
+    assert!(rules[0].allow(), "privileged: every device allowed");
+}
+
+#[test]
+fn unprivileged_containers_get_only_the_default_devices() {
+    let s = Fixture::new().build();
+    assert_eq!(linux(&s).devices().clone().unwrap().len(), DEFAULT_DEVICES.len());
+}
+
+#[test]
+fn adapting_for_libcontainer_swaps_only_the_masked_comparisons() {
+    let f = Fixture::new();
+    let spec = f.build();
+    let mut adapted = spec.clone();
+    adapt_for_libcontainer(&mut adapted);
+    assert_ne!(adapted, spec);
+    let sc = linux(&adapted).seccomp().clone().unwrap();
+    let clone = sc.syscalls().iter().flatten().find(|r| r.names() == &["clone"]).unwrap();
+    let arg = clone.args().clone().unwrap()[0];
+    assert_eq!((arg.value(), arg.value_two()), (0, Some(0x7e02_0000)));
+    adapt_for_libcontainer(&mut adapted);
+    assert_eq!(adapted, spec);
+    // Nothing to do without seccomp.
+    let mut unconfined = spec.clone();
+    unconfined.linux_mut().as_mut().unwrap().set_seccomp(None);
+    let before = unconfined.clone();
+    adapt_for_libcontainer(&mut unconfined);
+    assert_eq!(unconfined, before);
 }
