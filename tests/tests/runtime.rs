@@ -651,6 +651,49 @@ fn overlay_rootfs_is_mounted_for_the_container_and_unmounted_at_removal() {
     .expect("test body failed");
 }
 
+#[test]
+fn container_runs_from_an_imported_oci_image() {
+    require!(Tier::Privileged, need_root(), keelson_tests::images::need_test_images());
+    block_on(async {
+        let env = env().await?;
+        let store = keelson_runtime::image::ImageStore::open(env.dir.path().join("images"))?;
+        let image = store.import(
+            &keelson_tests::images::oci_layout(),
+            &keelson_runtime::image::ImportOptions::named("keelson.test/busybox:latest"),
+            None,
+        )?;
+        let mount = store.prepare_rootfs(&image, "runtime-test")?;
+        let sb = env.sandbox("fromimage").await?;
+        let mut ev = env.rt.events();
+        let image_spec = ContainerImage {
+            reference: image.name().to_owned(),
+            config: image.container_config(),
+            rootfs: Rootfs::Overlay {
+                lowerdirs: mount.lowerdirs.clone(),
+                upperdir: mount.upperdir.clone(),
+                workdir: mount.workdir.clone(),
+            },
+        };
+        let id = env
+            .rt
+            .create_container(
+                &sb,
+                container("main", &["sh", "-c", "echo from-image; id -u"]),
+                image_spec,
+            )
+            .await?;
+        env.rt.start_container(&id).await?;
+        let st = env.wait_exit(&mut ev, &id).await?;
+        assert_eq!(st.exit_code, Some(0), "log: {}", env.log_text(&id).await?);
+        assert_eq!(env.log_text(&id).await?, "from-image\n0\n");
+        assert_eq!(st.image, image.name());
+        env.rt.remove_container(&id).await?;
+        store.release_rootfs("runtime-test")?;
+        Ok(())
+    })
+    .expect("test body failed");
+}
+
 /// The "agent" of `restarted_runtime_readopts_running_containers`: run in a child process
 /// that the test kills with SIGKILL. Does nothing unless started that way.
 #[test]
