@@ -389,6 +389,13 @@ fn attach_reads_live_output_and_writes_stdin() {
         assert_eq!(&buf[..n], b"seen:one\n");
         // And the log has it too.
         env.await_line(&id, "seen:one").await?;
+        // Without stdinOnce, a client going away leaves stdin open for the next one.
+        drop(stdin);
+        drop(a);
+        let mut b = env.rt.attach(&id).await?;
+        b.stdin.take().context("stdin")?.write_all(b"two\n").await?;
+        let n = tokio::time::timeout(Duration::from_secs(20), b.stdout.read(&mut buf)).await??;
+        assert_eq!(&buf[..n], b"seen:two\n");
         Ok(())
     })
     .expect("test body failed");
@@ -570,6 +577,29 @@ fn sandbox_sysctls_apply_to_the_pod_and_not_the_host() {
         bad.sysctls.insert("kernel.hostname".into(), "x".into());
         assert!(env.rt.create_sandbox(bad).await.is_err(), "a non-namespaced sysctl was accepted");
         assert_eq!(env.rt.list_sandboxes().await?.len(), 1, "the refused sandbox left a record");
+        Ok(())
+    })
+    .expect("test body failed");
+}
+
+#[test]
+fn stdin_once_closes_the_containers_stdin_when_the_client_detaches() {
+    require!(Tier::Privileged, need_root());
+    block_on(async {
+        let env = env().await?;
+        let sb = env.sandbox("stdinonce").await?;
+        let mut ev = env.rt.events();
+        let mut c = container("main", &["sh", "-c", "cat; echo eof-seen"]);
+        c.stdin = true;
+        c.stdin_once = true;
+        let id = env.run(&sb, c).await?;
+        let mut a = env.rt.attach(&id).await?;
+        let mut stdin = a.stdin.take().context("stdin")?;
+        stdin.write_all(b"payload\n").await?;
+        drop(stdin);
+        let st = env.wait_exit(&mut ev, &id).await?;
+        assert_eq!(st.exit_code, Some(0));
+        assert_eq!(env.log_text(&id).await?, "payload\neof-seen\n");
         Ok(())
     })
     .expect("test body failed");
