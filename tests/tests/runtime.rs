@@ -724,6 +724,62 @@ fn container_runs_from_an_imported_oci_image() {
     .expect("test body failed");
 }
 
+#[test]
+fn host_network_sandbox_uses_the_hosts_network_namespace() {
+    require!(Tier::Privileged, need_root());
+    block_on(async {
+        let env = env().await?;
+        let mut p = pod("hostnet");
+        p.host_namespaces.network = true;
+        let info = env.rt.create_sandbox(p).await?;
+        env.sandboxes.lock().expect("not poisoned").push(info.id.clone());
+        assert_eq!(info.netns_path, None);
+        let mut ev = env.rt.events();
+        let id = env.run(&info.id, container("main", &["readlink", "/proc/self/ns/net"])).await?;
+        assert_eq!(env.wait_exit(&mut ev, &id).await?.exit_code, Some(0));
+        let host = std::fs::read_link("/proc/self/ns/net")?;
+        assert_eq!(env.log_text(&id).await?.trim(), host.to_string_lossy());
+        Ok(())
+    })
+    .expect("test body failed");
+}
+
+#[test]
+fn a_dead_shim_makes_its_sandbox_not_ready_and_removable() {
+    require!(Tier::Privileged, need_root());
+    block_on(async {
+        let env = env().await?;
+        let sb = env.sandbox("deadshim").await?;
+        let id = env.run(&sb, container("main", &["sleep", "1000"])).await?;
+        let netns = env.rt.sandbox_status(&sb).await?.netns_path.context("netns")?;
+        let shim = env.rt.sandbox_status(&sb).await?.shim_pid.context("shim pid")?;
+        let mut ev = env.rt.events();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(shim),
+            nix::sys::signal::Signal::SIGKILL,
+        )?;
+        tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                if let RuntimeEvent::SandboxNotReady { id } = ev.recv().await? {
+                    if id == sb {
+                        return anyhow::Ok(());
+                    }
+                }
+            }
+        })
+        .await??;
+        assert_eq!(env.rt.sandbox_status(&sb).await?.state, SandboxState::NotReady);
+        assert_eq!(env.rt.container_status(&id).await?.state, ContainerState::Unknown);
+        assert!(env.rt.start_container(&id).await.is_err());
+        env.rt.remove_sandbox(&sb).await?;
+        assert!(!netns.exists(), "the netns pin is left");
+        assert!(env.rt.list_sandboxes().await?.is_empty());
+        assert!(env.rt.container_status(&id).await.is_err());
+        Ok(())
+    })
+    .expect("test body failed");
+}
+
 /// The "agent" of `restarted_runtime_readopts_running_containers`: run in a child process
 /// that the test kills with SIGKILL. Does nothing unless started that way.
 #[test]
