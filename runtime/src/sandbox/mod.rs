@@ -22,7 +22,7 @@ mod records;
 mod stdio;
 
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::io::BufRead;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -378,9 +378,11 @@ impl ShimRuntime {
             .map_err(|e| fail(format!("spawn {}: {e}", self.inner.cfg.shim_path.display())))?;
         drop(w);
         let status = child.wait().map_err(|e| fail(format!("wait: {e}")))?;
+        // One line (not "until EOF": a process that inherited the write end by accident must
+        // not be able to hold us up).
         let mut line = String::new();
-        std::fs::File::from(r)
-            .read_to_string(&mut line)
+        std::io::BufReader::new(std::fs::File::from(r))
+            .read_line(&mut line)
             .map_err(|e| fail(format!("read readiness: {e}")))?;
         let line = line.trim();
         match line.strip_prefix("ok ").and_then(|p| p.parse::<i32>().ok()) {
