@@ -426,7 +426,7 @@ fn now_ns() -> u64 {
 /// counts the kill.
 #[test]
 fn cgroup_memory_max_is_enforced_in_vm() {
-    vm_test!(VmOptions::default());
+    vm_test!();
     let cg = Cgroup::new("memtest");
     cg.write("memory.max", &(32 << 20).to_string());
     cg.write("memory.swap.max", "0");
@@ -475,7 +475,7 @@ fn pid_of(status: &nix::sys::wait::WaitStatus) -> nix::unistd::Pid {
 /// `cpu.stat`) and gets far less than the wall time it spans.
 #[test]
 fn cgroup_cpu_max_throttles_in_vm() {
-    vm_test!(VmOptions::default());
+    vm_test!();
     let cg = Cgroup::new("cputest");
     cg.write("cpu.max", "10000 100000");
     let started = Instant::now();
@@ -500,7 +500,7 @@ fn cgroup_cpu_max_throttles_in_vm() {
 /// `fork` fails with EAGAIN, and `pids.events` counts the refusal.
 #[test]
 fn cgroup_pids_max_refuses_forks_in_vm() {
-    vm_test!(VmOptions::default());
+    vm_test!();
     let cg = Cgroup::new("pidstest");
     cg.write("pids.max", "4");
     let status = spawn_in(&cg, || {

@@ -557,10 +557,13 @@ fn log_path(label: &str) -> PathBuf {
 }
 
 /// Makes the rest of the calling `#[test]` function run inside a VM (see the [module
-/// docs](crate::vm)). Takes a [`VmOptions`]. Usable in the integration tests of
+/// docs](crate::vm)). Takes a [`VmOptions`], default if left out. Usable in the integration tests of
 /// `keelson-tests`, which build the `keelson-vminit` binary.
 #[macro_export]
 macro_rules! vm_test {
+    () => {
+        $crate::vm_test!($crate::vm::VmOptions::default())
+    };
     ($opts:expr) => {
         if !$crate::vm::in_vm() {
             $crate::require!($crate::Tier::Vm, $crate::vm::available());
