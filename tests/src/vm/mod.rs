@@ -557,8 +557,8 @@ fn log_path(label: &str) -> PathBuf {
 }
 
 /// Makes the rest of the calling `#[test]` function run inside a VM (see the [module
-/// docs](crate::vm)). Takes a [`VmOptions`], default if left out. Usable in the integration tests of
-/// `keelson-tests`, which build the `keelson-vminit` binary.
+/// docs](crate::vm)). Takes a [`VmOptions`], default if left out. Usable in the integration
+/// tests of `keelson-tests`, which build the `keelson-vminit` binary.
 #[macro_export]
 macro_rules! vm_test {
     () => {
