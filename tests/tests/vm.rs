@@ -336,6 +336,19 @@ fn arm64_guest_boots_debian_kernel_with_a_static_init() {
     );
 }
 
+/// Asking for a module the kernel does not have fails before any VM boots, naming it.
+#[test]
+fn unknown_module_is_a_clear_error_before_booting() {
+    require!(Tier::Vm, vm::available());
+    let started = Instant::now();
+    let err = vm::run_in_vm("unknown-module", &[], &vm_options().module("no_such_module_anywhere"))
+        .expect_err("unknown module");
+    let chain = vm::error_chain(&err);
+    assert!(matches!(err, vm::Error::Kernel(_)), "{chain}");
+    assert!(chain.contains("kernel module no_such_module_anywhere not found"), "{chain}");
+    assert!(started.elapsed() < Duration::from_secs(30), "it booted a VM first?");
+}
+
 /// The init is harmless on a host: it refuses to run unless it is PID 1.
 #[test]
 fn vminit_refuses_to_run_unless_pid_1() {
