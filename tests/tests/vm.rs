@@ -158,7 +158,14 @@ fn misspelt_test_name_is_not_a_pass() {
     require!(Tier::Vm, vm::available());
     let err = vm::run_test_in_vm(module_path!(), "no_such_test_anywhere", vm_options())
         .expect_err("running zero tests must not pass");
-    assert!(matches!(err, vm::Error::TestNotRun { .. }), "{}", vm::error_chain(&err));
+    match &err {
+        vm::Error::TestNotRun { log, .. } => {
+            let serial = fs::read_to_string(log).expect("the log of a failure is kept");
+            assert!(serial.contains("running 0 tests"), "{serial}");
+            let _ = fs::remove_file(log);
+        }
+        other => panic!("expected a test that did not run, got {}", vm::error_chain(other)),
+    }
 }
 
 #[test]
@@ -217,10 +224,14 @@ fn proc_stat(pid: u32) -> Option<(u32, char)> {
 fn qemu_dies_with_its_test_process() {
     require!(Tier::Vm, vm::available());
     let exe = std::env::current_exe().expect("test binary");
+    // The helper dies without cleaning up: give it a temporary and log dir we remove.
+    let scratch = tempfile::tempdir().expect("tempdir");
     let mut helper = std::process::Command::new(exe)
         .args(["--exact", "host_helper_holds_a_hanging_vm", "--nocapture", "--test-threads=1"])
         .env("KEELSON_VM_HELPER", "hang")
         .env("KEELSON_TEST_TIERS", "vm")
+        .env("TMPDIR", scratch.path())
+        .env("KEELSON_VM_LOGS", scratch.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
