@@ -427,6 +427,7 @@ pub fn run_in_vm(label: &str, argv: &[String], opts: &VmOptions) -> Result<VmRep
         log: log.clone(),
         exit_grace: qemu::EXIT_GRACE,
         program: None,
+        nonce: qemu::new_nonce(),
     })?;
     let report = VmReport {
         kernel_release: kernel.release.clone(),
