@@ -223,8 +223,9 @@ pub enum Response {
         exit: ExitStatus,
     },
     /// Attached. Descriptors come along in this order: stdout (the terminal's output when
-    /// `tty`), stderr (unless `tty`), stdin (when `stdin`: the write end of the container's
-    /// stdin pipe, or the PTY master).
+    /// `tty`), stderr (unless `tty`), stdin (when `stdin`: a pipe the shim copies into the
+    /// container's stdin, closed for good at its end when the container is `stdin_once`; or
+    /// the PTY master).
     Attach {
         /// The container has a terminal.
         tty: bool,

@@ -41,6 +41,10 @@ enum Token {
     Listener,
     Conn(u64),
     Out(String, Stream),
+    /// Input from an attached client, to be copied to the container's stdin.
+    AttachIn(String, u64),
+    /// The container's stdin can take the bytes waiting for it.
+    StdinOut(String),
 }
 
 struct Conn {
@@ -54,8 +58,11 @@ struct Conn {
 }
 
 struct Attacher {
+    id: u64,
     out: OwnedFd,
     err: Option<OwnedFd>,
+    /// The read end of the client's stdin pipe (non-tty containers with stdin).
+    input: Option<OwnedFd>,
 }
 
 struct Container {
@@ -66,6 +73,9 @@ struct Container {
     out: Option<OwnedFd>,
     err: Option<OwnedFd>,
     master: Option<OwnedFd>,
+    /// Bytes from attached clients the container's stdin has not taken yet.
+    stdin_pending: Vec<u8>,
+    stdin_once: bool,
     log: LogWriter,
     attachers: Vec<Attacher>,
     waiters: Vec<u64>,
@@ -174,24 +184,40 @@ impl Server {
             }
             let mut toks = Vec::new();
             let mut pfds = Vec::new();
-            let mut add = |t: Token, fd: RawFd| {
+            let mut add_ev = |t: Token, fd: RawFd, events: libc::c_short| {
                 toks.push(t);
-                pfds.push(libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
+                pfds.push(libc::pollfd { fd, events, revents: 0 });
             };
-            add(Token::Signal, self.sigfd.as_fd().as_raw_fd());
-            add(Token::Listener, self.listener.as_raw_fd());
+
+            const IN: libc::c_short = libc::POLLIN;
+            add_ev(Token::Signal, self.sigfd.as_fd().as_raw_fd(), IN);
+            add_ev(Token::Listener, self.listener.as_raw_fd(), IN);
             if let Some(i) = &self.inotify {
-                add(Token::Inotify, i.as_fd().as_raw_fd());
+                add_ev(Token::Inotify, i.as_fd().as_raw_fd(), IN);
             }
             for (id, c) in &self.conns {
-                add(Token::Conn(*id), c.sock.as_raw_fd());
+                add_ev(Token::Conn(*id), c.sock.as_raw_fd(), IN);
             }
             for (id, c) in &self.containers {
                 if let Some(fd) = c.out.as_ref().or(c.master.as_ref()) {
-                    add(Token::Out(id.clone(), Stream::Stdout), fd.as_raw_fd());
+                    add_ev(Token::Out(id.clone(), Stream::Stdout), fd.as_raw_fd(), IN);
                 }
                 if let Some(fd) = &c.err {
-                    add(Token::Out(id.clone(), Stream::Stderr), fd.as_raw_fd());
+                    add_ev(Token::Out(id.clone(), Stream::Stderr), fd.as_raw_fd(), IN);
+                }
+                match &c.stdin {
+                    // Back-pressure: read no more client input until the container took the
+                    // bytes already waiting.
+                    Some(fd) if !c.stdin_pending.is_empty() => {
+                        add_ev(Token::StdinOut(id.clone()), fd.as_raw_fd(), libc::POLLOUT)
+                    }
+                    _ => {
+                        for a in &c.attachers {
+                            if let Some(fd) = &a.input {
+                                add_ev(Token::AttachIn(id.clone(), a.id), fd.as_raw_fd(), IN);
+                            }
+                        }
+                    }
                 }
             }
             // SAFETY: `pfds` is a valid array of pollfd of the given length for the call.
@@ -213,6 +239,8 @@ impl Server {
                     Token::Listener => self.accept(),
                     Token::Conn(id) => self.on_conn(id),
                     Token::Out(id, s) => self.on_output(&id, s),
+                    Token::AttachIn(id, a) => self.on_attach_input(&id, a),
+                    Token::StdinOut(id) => self.flush_stdin(&id),
                 }
             }
             self.conns.retain(|_, c| !c.closed);
@@ -468,6 +496,7 @@ impl Server {
                 err = Some(er);
                 if r.stdin {
                     let (ir, iw) = pipe()?;
+                    sys::set_nonblocking(iw.as_fd())?;
                     stdio.stdin = Some(ir);
                     stdin = Some(iw);
                 }
@@ -493,6 +522,8 @@ impl Server {
                 out,
                 err,
                 master: None,
+                stdin_pending: Vec::new(),
+                stdin_once: r.stdin_once,
                 log,
                 attachers: Vec::new(),
                 waiters: Vec::new(),
@@ -727,16 +758,80 @@ impl Server {
             fds.push(er);
             err = Some(ew);
         }
-        let input = if tty { c.master.as_ref() } else { c.stdin.as_ref() };
-        let stdin = match input {
-            Some(fd) => {
-                fds.push(fd.try_clone().map_err(io)?);
-                true
+        // A terminal's input is its master, shared; a stdin pipe is fed through a pipe of the
+        // attacher's own, so that the shim sees the client go away (`stdinOnce`).
+        let mut input = None;
+        let stdin = if tty {
+            match &c.master {
+                Some(m) => {
+                    fds.push(m.try_clone().map_err(io)?);
+                    true
+                }
+                None => false,
             }
-            None => false,
+        } else if c.stdin.is_some() {
+            let (ir, iw) = pipe().map_err(io)?;
+            sys::set_nonblocking(ir.as_fd()).map_err(io)?;
+            fds.push(iw);
+            input = Some(ir);
+            true
+        } else {
+            false
         };
-        c.attachers.push(Attacher { out: ow, err });
+        let aid = self.next_conn;
+        self.next_conn += 1;
+        c.attachers.push(Attacher { id: aid, out: ow, err, input });
         Ok((Response::Attach { tty, stdin }, fds))
+    }
+
+    /// Copies an attached client's input to the container's stdin. At the client's end of
+    /// input, a `stdinOnce` container's stdin is closed.
+    fn on_attach_input(&mut self, id: &str, attacher: u64) {
+        let Some(c) = self.containers.get_mut(id) else { return };
+        let Some(a) = c.attachers.iter_mut().find(|a| a.id == attacher) else { return };
+        let Some(fd) = &a.input else { return };
+        let mut buf = [0u8; 65536];
+        match nix::unistd::read(fd.as_raw_fd(), &mut buf) {
+            Ok(0) | Err(Errno::EIO) | Err(Errno::EBADF) => {
+                a.input = None;
+                if c.stdin_once {
+                    c.stdin = None;
+                    c.stdin_pending.clear();
+                    for other in &mut c.attachers {
+                        other.input = None;
+                    }
+                }
+            }
+            Ok(n) => {
+                c.stdin_pending.extend_from_slice(&buf[..n]);
+                self.flush_stdin(id);
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Writes what the container's stdin takes of the pending input.
+    fn flush_stdin(&mut self, id: &str) {
+        let Some(c) = self.containers.get_mut(id) else { return };
+        let Some(fd) = &c.stdin else {
+            c.stdin_pending.clear();
+            return;
+        };
+        while !c.stdin_pending.is_empty() {
+            match nix::unistd::write(fd, &c.stdin_pending) {
+                Ok(n) => {
+                    c.stdin_pending.drain(..n);
+                }
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => return,
+                Err(_) => {
+                    // The container closed its stdin.
+                    c.stdin = None;
+                    c.stdin_pending.clear();
+                    return;
+                }
+            }
+        }
     }
 
     /// Starts watching the container's `memory.events` (present only with the memory
