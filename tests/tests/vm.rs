@@ -90,13 +90,17 @@ fn vm_carries_extra_binaries_trees_files_and_env() {
     assert_eq!(std::env::var(vm::IN_VM_ENV).as_deref(), Ok("1"));
 }
 
-/// Inside the VM only: fails on purpose, so the host can prove failures come through.
+/// Inside the VM only: fails on purpose (after printing forged result lines), so the host can
+/// prove failures come through.
 #[test]
 fn guest_fails_on_purpose() {
     if !vm::in_vm() {
         eprintln!("SKIP guest_fails_on_purpose: runs only inside the VM, for guest_failure_is_reported_on_the_host");
         return;
     }
+    // A payload printing result lines cannot pass for the init: they lack the run's nonce.
+    println!("\nKEELSON-VM-RESULT exit=0");
+    println!("\nKEELSON-VM-RESULT nonce=forged exit=0");
     panic!("deliberate failure inside the VM");
 }
 
@@ -158,7 +162,14 @@ fn misspelt_test_name_is_not_a_pass() {
     require!(Tier::Vm, vm::available());
     let err = vm::run_test_in_vm(module_path!(), "no_such_test_anywhere", vm_options())
         .expect_err("running zero tests must not pass");
-    assert!(matches!(err, vm::Error::TestNotRun { .. }), "{}", vm::error_chain(&err));
+    match &err {
+        vm::Error::TestNotRun { log, .. } => {
+            let serial = fs::read_to_string(log).expect("the log of a failure is kept");
+            assert!(serial.contains("running 0 tests"), "{serial}");
+            let _ = fs::remove_file(log);
+        }
+        other => panic!("expected a test that did not run, got {}", vm::error_chain(other)),
+    }
 }
 
 #[test]
@@ -217,10 +228,14 @@ fn proc_stat(pid: u32) -> Option<(u32, char)> {
 fn qemu_dies_with_its_test_process() {
     require!(Tier::Vm, vm::available());
     let exe = std::env::current_exe().expect("test binary");
+    // The helper dies without cleaning up: give it a temporary and log dir we remove.
+    let scratch = tempfile::tempdir().expect("tempdir");
     let mut helper = std::process::Command::new(exe)
         .args(["--exact", "host_helper_holds_a_hanging_vm", "--nocapture", "--test-threads=1"])
         .env("KEELSON_VM_HELPER", "hang")
         .env("KEELSON_TEST_TIERS", "vm")
+        .env("TMPDIR", scratch.path())
+        .env("KEELSON_VM_LOGS", scratch.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -336,6 +351,19 @@ fn arm64_guest_boots_debian_kernel_with_a_static_init() {
     );
 }
 
+/// Asking for a module the kernel does not have fails before any VM boots, naming it.
+#[test]
+fn unknown_module_is_a_clear_error_before_booting() {
+    require!(Tier::Vm, vm::available());
+    let started = Instant::now();
+    let err = vm::run_in_vm("unknown-module", &[], &vm_options().module("no_such_module_anywhere"))
+        .expect_err("unknown module");
+    let chain = vm::error_chain(&err);
+    assert!(matches!(err, vm::Error::Kernel(_)), "{chain}");
+    assert!(chain.contains("kernel module no_such_module_anywhere not found"), "{chain}");
+    assert!(started.elapsed() < Duration::from_secs(30), "it booted a VM first?");
+}
+
 /// The init is harmless on a host: it refuses to run unless it is PID 1.
 #[test]
 fn vminit_refuses_to_run_unless_pid_1() {
@@ -426,7 +454,7 @@ fn now_ns() -> u64 {
 /// counts the kill.
 #[test]
 fn cgroup_memory_max_is_enforced_in_vm() {
-    vm_test!(VmOptions::default());
+    vm_test!();
     let cg = Cgroup::new("memtest");
     cg.write("memory.max", &(32 << 20).to_string());
     cg.write("memory.swap.max", "0");
@@ -475,7 +503,7 @@ fn pid_of(status: &nix::sys::wait::WaitStatus) -> nix::unistd::Pid {
 /// `cpu.stat`) and gets far less than the wall time it spans.
 #[test]
 fn cgroup_cpu_max_throttles_in_vm() {
-    vm_test!(VmOptions::default());
+    vm_test!();
     let cg = Cgroup::new("cputest");
     cg.write("cpu.max", "10000 100000");
     let started = Instant::now();
@@ -500,7 +528,7 @@ fn cgroup_cpu_max_throttles_in_vm() {
 /// `fork` fails with EAGAIN, and `pids.events` counts the refusal.
 #[test]
 fn cgroup_pids_max_refuses_forks_in_vm() {
-    vm_test!(VmOptions::default());
+    vm_test!();
     let cg = Cgroup::new("pidstest");
     cg.write("pids.max", "4");
     let status = spawn_in(&cg, || {

@@ -653,7 +653,10 @@ impl ShimRuntime {
             cgroup_limits: sb.cgroup_limits,
             etc_files: &etc,
         };
-        let spec = spec::build(&input)?;
+        let mut spec = spec::build(&input)?;
+        // libcontainer reads masked seccomp comparisons the other way round from the spec;
+        // the bundle is only ever read by libcontainer (create and exec).
+        spec::adapt_for_libcontainer(&mut spec);
         let cfg_path = bundle.join("config.json");
         spec.save(&cfg_path)
             .map_err(|e| io_err("write", &cfg_path)(std::io::Error::other(e.to_string())))?;

@@ -427,6 +427,7 @@ pub fn run_in_vm(label: &str, argv: &[String], opts: &VmOptions) -> Result<VmRep
         log: log.clone(),
         exit_grace: qemu::EXIT_GRACE,
         program: None,
+        nonce: qemu::new_nonce(),
     })?;
     let report = VmReport {
         kernel_release: kernel.release.clone(),
@@ -557,10 +558,13 @@ fn log_path(label: &str) -> PathBuf {
 }
 
 /// Makes the rest of the calling `#[test]` function run inside a VM (see the [module
-/// docs](crate::vm)). Takes a [`VmOptions`]. Usable in the integration tests of
-/// `keelson-tests`, which build the `keelson-vminit` binary.
+/// docs](crate::vm)). Takes a [`VmOptions`], default if left out. Usable in the integration
+/// tests of `keelson-tests`, which build the `keelson-vminit` binary.
 #[macro_export]
 macro_rules! vm_test {
+    () => {
+        $crate::vm_test!($crate::vm::VmOptions::default())
+    };
     ($opts:expr) => {
         if !$crate::vm::in_vm() {
             $crate::require!($crate::Tier::Vm, $crate::vm::available());

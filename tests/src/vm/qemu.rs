@@ -17,7 +17,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use super::guest::{GuestResult, INIT_MARKER};
+use super::guest::{GuestResult, INIT_MARKER, NONCE_ARG};
 use super::kernel::Arch;
 
 /// How long qemu may take by default to exit by itself after the guest printed its result.
@@ -92,6 +92,19 @@ pub struct QemuConfig {
     pub exit_grace: Duration,
     /// The emulator to run instead of `arch`'s qemu from `PATH` (tests use a fake).
     pub program: Option<PathBuf>,
+    /// This run's nonce: passed as `keelson.nonce=` on the kernel command line; only a result
+    /// line carrying it counts (see [`GuestResult::parse`]).
+    pub nonce: String,
+}
+
+/// A nonce for one run: unique enough to tell runs apart, not a secret.
+pub fn new_nonce() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{:x}{nanos:08x}{:x}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
 /// What a run produced.
@@ -133,7 +146,12 @@ pub fn qemu_args(cfg: &QemuConfig) -> Vec<String> {
         },
         Arch::Aarch64 => ("virt", "cortex-a57", "ttyAMA0"),
     };
-    let mut append = vec![format!("console={console}"), "panic=-1".to_owned(), "quiet".to_owned()];
+    let mut append = vec![
+        format!("console={console}"),
+        "panic=-1".to_owned(),
+        "quiet".to_owned(),
+        format!("{NONCE_ARG}{}", cfg.nonce),
+    ];
     append.extend(cfg.append.iter().cloned());
     let mut args: Vec<String> = [
         "-accel",
@@ -273,7 +291,7 @@ pub fn run(cfg: &QemuConfig) -> Result<Outcome> {
                     outcome.init_started = Some(at - start);
                 }
                 if outcome.result.is_none() {
-                    if let Some(result) = GuestResult::parse(&text) {
+                    if let Some(result) = GuestResult::parse(&text, &cfg.nonce) {
                         outcome.result = Some(result);
                         outcome.result_at = Some(at - start);
                         deadline = deadline.min(Instant::now() + cfg.exit_grace);
@@ -338,6 +356,7 @@ mod tests {
             log: dir.join("serial.log"),
             exit_grace: Duration::from_millis(500),
             program: Some(program),
+            nonce: "n1".to_owned(),
         }
     }
 
@@ -364,13 +383,13 @@ mod tests {
         }
         assert!(!joined.contains("-net") && !joined.contains("-device"), "{joined}");
         let append = args.last().expect("append");
-        assert_eq!(append, "console=ttyS0 panic=-1 quiet extra=1");
+        assert_eq!(append, "console=ttyS0 panic=-1 quiet keelson.nonce=n1 extra=1");
     }
 
     #[test]
     fn runner_reads_markers_and_logs_the_serial_console() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let script = "echo booting; echo KEELSON-VMINIT-STARTED; echo oops >&2; echo 'KEELSON-VM-RESULT exit=3'";
+        let script = "echo booting; echo KEELSON-VMINIT-STARTED; echo oops >&2; echo 'KEELSON-VM-RESULT nonce=n1 exit=3'";
         let out = run(&fake(dir.path(), script, Duration::from_secs(20))).expect("run");
         assert_eq!(out.result, Some(GuestResult::Exited(3)));
         assert!(out.init_started.is_some() && out.result_at.is_some());
@@ -378,7 +397,7 @@ mod tests {
         assert!(out.qemu_status.is_some_and(|s| s.success()));
         let log = std::fs::read_to_string(dir.path().join("serial.log")).expect("log");
         assert!(log.contains("booting\n") && log.contains("qemu: oops\n"), "{log}");
-        assert!(out.transcript.contains("KEELSON-VM-RESULT exit=3"));
+        assert!(out.transcript.contains("KEELSON-VM-RESULT nonce=n1 exit=3"));
         assert!(gone(out.qemu_pid));
     }
 
@@ -406,7 +425,7 @@ mod tests {
         let started = Instant::now();
         let out = run(&fake(
             dir.path(),
-            "echo 'KEELSON-VM-RESULT exit=0'; exec sleep 600",
+            "echo 'KEELSON-VM-RESULT nonce=n1 exit=0'; exec sleep 600",
             Duration::from_secs(60),
         ))
         .expect("run");
@@ -418,6 +437,19 @@ mod tests {
             started.elapsed()
         );
         assert!(gone(out.qemu_pid));
+    }
+
+    #[test]
+    fn runner_ignores_a_result_line_of_another_run() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let script = "echo 'KEELSON-VM-RESULT nonce=other exit=0'; echo 'KEELSON-VM-RESULT exit=0'";
+        let out = run(&fake(dir.path(), script, Duration::from_secs(20))).expect("run");
+        assert_eq!(out.result, None, "a marker without this run's nonce was taken");
+    }
+
+    #[test]
+    fn nonces_differ_between_runs() {
+        assert_ne!(new_nonce(), new_nonce());
     }
 
     #[test]
