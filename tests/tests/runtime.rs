@@ -299,6 +299,40 @@ fn container_output_and_exit_code_are_recorded() {
 }
 
 #[test]
+fn containers_are_placed_in_the_cgroup2_tree_and_never_in_v1() {
+    require!(Tier::Privileged, need_root());
+    block_on(async {
+        let env = env().await?;
+        let sb = env.sandbox("cgroups").await?;
+        let id = env.run(&sb, container("main", &["sleep", "1000"])).await?;
+        let st = env.rt.container_status(&id).await?;
+        let pid = st.pid.context("pid")?;
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+        let base = env.cgroup_base.as_ref().context("cgroup2 root")?;
+        let base_name = base.file_name().context("base name")?.to_string_lossy().into_owned();
+        let v2 = text.lines().find_map(|l| l.strip_prefix("0::")).context("no cgroup2 line")?;
+        assert!(v2.starts_with(&format!("/{base_name}/")), "{text}");
+        assert!(v2.ends_with(&format!("/{id}")), "{text}");
+        for l in text.lines().filter(|l| !l.starts_with("0::")) {
+            assert!(
+                !l.contains(id.as_str()) && !l.contains(&base_name),
+                "placed in a v1 hierarchy: {l}"
+            );
+        }
+        let shim = env.rt.sandbox_status(&sb).await?.shim_pid.context("shim pid")?;
+        let shim_cg = std::fs::read_to_string(format!("/proc/{shim}/cgroup"))?;
+        assert!(shim_cg.lines().any(|l| l.starts_with("0::") && l.ends_with("/shim")), "{shim_cg}");
+        let stats = env.rt.container_stats(&id).await?;
+        assert!(
+            stats.cgroup.cpu_usage_usec.is_some(),
+            "cpu.stat is read from the container's cgroup"
+        );
+        Ok(())
+    })
+    .expect("test body failed");
+}
+
+#[test]
 fn exec_with_a_terminal_sees_the_resize() {
     require!(Tier::Privileged, need_root());
     block_on(async {
