@@ -814,6 +814,30 @@ fn a_dead_shim_makes_its_sandbox_not_ready_and_removable() {
     .expect("test body failed");
 }
 
+#[test]
+fn removing_an_old_sandbox_of_a_pod_leaves_its_successor_running() {
+    require!(Tier::Privileged, need_root());
+    block_on(async {
+        let env = env().await?;
+        let p = pod("recreated");
+        let old = env.rt.create_sandbox(p.clone()).await?.id;
+        env.sandboxes.lock().expect("not poisoned").push(old.clone());
+        let a = env.run(&old, container("main", &["sleep", "1000"])).await?;
+        env.rt.stop_sandbox(&old).await?;
+        let new = env.rt.create_sandbox(p).await?.id;
+        env.sandboxes.lock().expect("not poisoned").push(new.clone());
+        let b = env.run(&new, container("main", &["sleep", "1000"])).await?;
+        env.rt.remove_sandbox(&old).await?;
+        let st = env.rt.container_status(&b).await?;
+        assert_eq!(st.state, ContainerState::Running, "the successor's container was hurt");
+        assert!(Path::new(&format!("/proc/{}", st.pid.context("pid")?)).exists());
+        assert_eq!(env.rt.sandbox_status(&new).await?.state, SandboxState::Ready);
+        assert!(env.rt.container_status(&a).await.is_err());
+        Ok(())
+    })
+    .expect("test body failed");
+}
+
 /// The "agent" of `restarted_runtime_readopts_running_containers`: run in a child process
 /// that the test kills with SIGKILL. Does nothing unless started that way.
 #[test]

@@ -39,7 +39,7 @@ use tokio::sync::broadcast;
 use self::client::{unexpected, ShimClient};
 use self::records::{ContainerRecord, SandboxRecord};
 use crate::api::*;
-use crate::cgroup::{CgroupSetup, Layout, PodCgroup, RealCgroupFs};
+use crate::cgroup::{CgroupFs, CgroupSetup, Layout, PodCgroup, RealCgroupFs};
 use crate::config::{ContainerConfig, ContainerId, SandboxConfig, SandboxId, StopOptions};
 use crate::network::PodNetwork;
 use crate::spec::{self, EtcFiles, NamespaceMode, SandboxNamespaces, SpecInput};
@@ -346,6 +346,27 @@ impl ShimRuntime {
         let rec = self.container(id)?;
         let (_, client) = self.ready_sandbox(&rec.sandbox_id)?;
         Ok((rec, client))
+    }
+
+    /// Whether a sandbox other than `id` uses the pod cgroup `path`.
+    fn pod_cgroup_shared(&self, id: &SandboxId, path: &Path) -> bool {
+        lock(&self.inner.sandboxes)
+            .values()
+            .any(|s| &s.record.id != id && s.record.cgroup_path.as_deref() == Some(path))
+    }
+
+    /// After a creation that failed before the sandbox was recorded: removes the pod cgroup
+    /// it may have created, unless another sandbox of the pod uses it.
+    fn remove_unshared_pod_cgroup(&self, id: &SandboxId, config: &SandboxConfig) {
+        let (Some(cg), Some(root)) = (&self.inner.cfg.cgroup, self.v2_root()) else { return };
+        let Ok(path) = cg.layout.pod_dir(config.qos, &config.pod.uid) else { return };
+        if self.pod_cgroup_shared(id, &path) {
+            return;
+        }
+        let fs = RealCgroupFs::new(root);
+        if let Err(e) = (PodCgroup { path, limits: false }).remove(&fs) {
+            tracing::warn!(sandbox = %id, error = %e, "remove pod cgroup after failed creation");
+        }
     }
 
     fn v2_root(&self) -> Option<&Path> {
@@ -722,6 +743,7 @@ impl Runtime for ShimRuntime {
                 } else {
                     unmount_quiet(&dir.join("shm"));
                     let _ = remove_dir_all_quiet(&dir);
+                    self.remove_unshared_pod_cgroup(&id, &config);
                 }
                 Err(e)
             }
@@ -793,7 +815,20 @@ impl Runtime for ShimRuntime {
         }
         if let (Some(root), Some(path)) = (self.v2_root(), &record.cgroup_path) {
             let fs = RealCgroupFs::new(root);
-            PodCgroup { path: path.clone(), limits: record.cgroup_limits }.remove(&fs)?;
+            if self.pod_cgroup_shared(id, path) {
+                // Another sandbox of the same pod (a re-created sandbox) lives in this pod
+                // cgroup: remove only what was this sandbox's.
+                for rec in &recs {
+                    if let Some(dir) = &rec.cgroup_dir {
+                        let rel = dir.strip_prefix(root).unwrap_or(dir);
+                        if let Err(e) = fs.remove_dir(rel) {
+                            tracing::warn!(container = %rec.id, error = %e, "remove container cgroup");
+                        }
+                    }
+                }
+            } else {
+                PodCgroup { path: path.clone(), limits: record.cgroup_limits }.remove(&fs)?;
+            }
         }
         if let Some(shm) = &record.shm {
             unmount_quiet(shm);
