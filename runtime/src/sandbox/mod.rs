@@ -1194,6 +1194,12 @@ impl Runtime for ShimRuntime {
     }
 }
 
+/// The agent holds the runtime as `Arc<dyn Runtime>`: this fails to compile if that breaks.
+#[allow(dead_code)]
+fn runtime_is_object_safe(r: ShimRuntime) -> Arc<dyn Runtime> {
+    Arc::new(r)
+}
+
 struct ExecCtl {
     client: ShimClient,
     exec_id: String,
