@@ -93,7 +93,6 @@ fn vm_options() -> VmOptions {
         .binary(shim, GUEST_SHIM)
         .tree(images::oci_layout(), &format!("{GUEST_IMAGES}/busybox-oci"))
         .env("KEELSON_TEST_IMAGES", GUEST_IMAGES)
-        .env("KEELSON_SHIM", GUEST_SHIM)
 }
 
 /// On the host: skips unless the tier and everything it needs are there, then runs the calling
@@ -693,7 +692,7 @@ fn container_pids_limit_refuses_forks_in_vm() {
             let forked: Vec<&str> = log.lines().filter(|l| l.starts_with("forked ")).collect();
             ensure!(
                 forked.last() == Some(&"forked 7"),
-                "with 2 shells in the cgroup, 6 sleeps fit under pids.max 8 and the 7th fork fails: {forked:?}"
+                "2 shells + 6 sleeps fill pids.max 8, the 7th sleep's fork must fail: {forked:?}"
             );
             ensure!(
                 field(&cg, "pids.events", "max")? >= 1,
