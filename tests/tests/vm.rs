@@ -25,13 +25,20 @@ fn vm_boots_6_12_with_pure_cgroup_v2_and_modules() {
     assert!(release.starts_with("6.12."), "kernel {release}");
 
     let mounts = fs::read_to_string("/proc/self/mounts").expect("mounts");
-    let cgroup_mounts: Vec<&str> =
-        mounts.lines().filter(|l| l.split_whitespace().nth(2).is_some_and(|t| t.starts_with("cgroup"))).collect();
+    let cgroup_mounts: Vec<&str> = mounts
+        .lines()
+        .filter(|l| l.split_whitespace().nth(2).is_some_and(|t| t.starts_with("cgroup")))
+        .collect();
     assert_eq!(cgroup_mounts.len(), 1, "one cgroup mount: {cgroup_mounts:?}");
-    assert!(cgroup_mounts[0].starts_with("cgroup2 /sys/fs/cgroup cgroup2 "), "{}", cgroup_mounts[0]);
+    assert!(
+        cgroup_mounts[0].starts_with("cgroup2 /sys/fs/cgroup cgroup2 "),
+        "{}",
+        cgroup_mounts[0]
+    );
 
     let available = fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").expect("controllers");
-    let enabled = fs::read_to_string("/sys/fs/cgroup/cgroup.subtree_control").expect("subtree_control");
+    let enabled =
+        fs::read_to_string("/sys/fs/cgroup/cgroup.subtree_control").expect("subtree_control");
     for c in ["cpu", "memory", "pids", "io"] {
         assert!(available.split_whitespace().any(|x| x == c), "{c} not available: {available}");
         assert!(enabled.split_whitespace().any(|x| x == c), "{c} not enabled: {enabled}");
@@ -102,16 +109,23 @@ fn hung_guest_is_killed_at_the_timeout() {
     require!(Tier::Vm, vm::available());
     let timeout = Duration::from_secs(40);
     let started = Instant::now();
-    let err = vm::run_test_in_vm(module_path!(), "guest_hangs_on_purpose", vm_options().timeout(timeout))
-        .expect_err("a hung guest must fail");
+    let err =
+        vm::run_test_in_vm(module_path!(), "guest_hangs_on_purpose", vm_options().timeout(timeout))
+            .expect_err("a hung guest must fail");
     let elapsed = started.elapsed();
     match &err {
         vm::Error::Timeout { qemu_pid, log, .. } => {
             assert!(elapsed >= timeout, "returned after {elapsed:?}, before the timeout");
             assert!(elapsed < timeout + Duration::from_secs(30), "took {elapsed:?}");
-            assert!(!Path::new(&format!("/proc/{qemu_pid}")).exists(), "qemu {qemu_pid} still there");
+            assert!(
+                !Path::new(&format!("/proc/{qemu_pid}")).exists(),
+                "qemu {qemu_pid} still there"
+            );
             let serial = fs::read_to_string(log).expect("the log of a timeout is kept");
-            assert!(serial.contains("guest_hangs_on_purpose: hanging now"), "the guest never got to the hang:\n{serial}");
+            assert!(
+                serial.contains("guest_hangs_on_purpose: hanging now"),
+                "the guest never got to the hang:\n{serial}"
+            );
             let _ = fs::remove_file(log);
         }
         other => panic!("expected a timeout, got {}", vm::error_chain(other)),
@@ -121,7 +135,9 @@ fn hung_guest_is_killed_at_the_timeout() {
 /// The init is harmless on a host: it refuses to run unless it is PID 1.
 #[test]
 fn vminit_refuses_to_run_unless_pid_1() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keelson-vminit")).output().expect("run init");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keelson-vminit"))
+        .output()
+        .expect("run init");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("only as PID 1"));
 }
@@ -139,7 +155,8 @@ impl Cgroup {
     }
 
     fn write(&self, file: &str, value: &str) {
-        fs::write(self.0.join(file), value).unwrap_or_else(|e| panic!("write {value:?} to {file}: {e}"));
+        fs::write(self.0.join(file), value)
+            .unwrap_or_else(|e| panic!("write {value:?} to {file}: {e}"));
     }
 
     fn read(&self, file: &str) -> String {
@@ -234,7 +251,11 @@ fn cgroup_memory_max_is_enforced_in_vm() {
     });
     assert_eq!(
         status,
-        nix::sys::wait::WaitStatus::Signaled(pid_of(&status), nix::sys::signal::Signal::SIGKILL, false),
+        nix::sys::wait::WaitStatus::Signaled(
+            pid_of(&status),
+            nix::sys::signal::Signal::SIGKILL,
+            false
+        ),
         "the allocation past memory.max must be OOM-killed"
     );
     assert!(cg.stat("memory.events", "oom_kill") >= 1, "{}", cg.read("memory.events"));

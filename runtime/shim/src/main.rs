@@ -13,6 +13,7 @@
 //! No tokio and no threads: the shim is a long-lived process per pod, so its memory matters.
 
 mod child;
+mod oneshot;
 mod server;
 mod sys;
 
@@ -40,6 +41,10 @@ fn main() {
             keelson_shim_proto::PROTOCOL_VERSION
         );
         return;
+    }
+    if arg == "run" {
+        let args: Vec<String> = std::env::args().skip(2).collect();
+        std::process::exit(oneshot::main(&args));
     }
     // SAFETY: descriptor 3 is the readiness pipe the runtime passed us (documented contract);
     // nothing else in this fresh process owns it.

@@ -100,7 +100,8 @@ impl<W: Write> Writer<W> {
 
     /// Writes a directory (`mode` holds the permission bits).
     pub fn dir(&mut self, name: &str, mode: u32) -> Result<()> {
-        let header = Header { mode: S_IFDIR | (mode & 0o7777), size: 0, rdev_major: 0, rdev_minor: 0 };
+        let header =
+            Header { mode: S_IFDIR | (mode & 0o7777), size: 0, rdev_major: 0, rdev_minor: 0 };
         self.entry(name, header, &mut io::empty(), 0)
     }
 
@@ -110,23 +111,37 @@ impl<W: Write> Writer<W> {
     }
 
     /// Writes a regular file of `size` bytes read from `data` (which must yield exactly that).
-    pub fn file_from(&mut self, name: &str, mode: u32, size: u64, data: &mut dyn Read) -> Result<()> {
-        let size32 = u32::try_from(size).map_err(|_| Error::TooLarge { name: name.to_owned(), field: "file size" })?;
-        let header = Header { mode: S_IFREG | (mode & 0o7777), size: size32, rdev_major: 0, rdev_minor: 0 };
+    pub fn file_from(
+        &mut self,
+        name: &str,
+        mode: u32,
+        size: u64,
+        data: &mut dyn Read,
+    ) -> Result<()> {
+        let size32 = u32::try_from(size)
+            .map_err(|_| Error::TooLarge { name: name.to_owned(), field: "file size" })?;
+        let header =
+            Header { mode: S_IFREG | (mode & 0o7777), size: size32, rdev_major: 0, rdev_minor: 0 };
         self.entry(name, header, data, size)
     }
 
     /// Writes a symbolic link to `target`.
     pub fn symlink(&mut self, name: &str, target: &str) -> Result<()> {
         let size = target.len() as u64;
-        let size32 = u32::try_from(size).map_err(|_| Error::TooLarge { name: name.to_owned(), field: "link target" })?;
+        let size32 = u32::try_from(size)
+            .map_err(|_| Error::TooLarge { name: name.to_owned(), field: "link target" })?;
         let header = Header { mode: S_IFLNK | 0o777, size: size32, rdev_major: 0, rdev_minor: 0 };
         self.entry(name, header, &mut target.as_bytes(), size)
     }
 
     /// Writes a character device node.
     pub fn char_device(&mut self, name: &str, mode: u32, major: u32, minor: u32) -> Result<()> {
-        let header = Header { mode: S_IFCHR | (mode & 0o7777), size: 0, rdev_major: major, rdev_minor: minor };
+        let header = Header {
+            mode: S_IFCHR | (mode & 0o7777),
+            size: 0,
+            rdev_major: major,
+            rdev_minor: minor,
+        };
         self.entry(name, header, &mut io::empty(), 0)
     }
 
@@ -145,12 +160,20 @@ impl<W: Write> Writer<W> {
         self.raw_header(name, ino, header).map_err(write_err)?;
         let copied = io::copy(&mut data.take(size), &mut self.out).map_err(write_err)?;
         if copied != size {
-            return Err(Error::SizeMismatch { name: name.to_owned(), announced: size, actual: copied });
+            return Err(Error::SizeMismatch {
+                name: name.to_owned(),
+                announced: size,
+                actual: copied,
+            });
         }
         // The data must be exactly `size` bytes: a longer reader is an error too.
         let mut probe = [0u8; 1];
         if data.read(&mut probe).map_err(write_err)? != 0 {
-            return Err(Error::SizeMismatch { name: name.to_owned(), announced: size, actual: size + 1 });
+            return Err(Error::SizeMismatch {
+                name: name.to_owned(),
+                announced: size,
+                actual: size + 1,
+            });
         }
         self.offset += copied;
         self.pad().map_err(write_err)
@@ -159,7 +182,21 @@ impl<W: Write> Writer<W> {
     fn raw_header(&mut self, name: &str, ino: u32, h: Header) -> io::Result<()> {
         let nlink = if h.mode & S_IFMT == S_IFDIR { 2 } else { 1 };
         let namesize = name.len() + 1;
-        let fields = [ino, h.mode, 0, 0, nlink, 0, h.size, 0, 0, h.rdev_major, h.rdev_minor, namesize as u32, 0];
+        let fields = [
+            ino,
+            h.mode,
+            0,
+            0,
+            nlink,
+            0,
+            h.size,
+            0,
+            0,
+            h.rdev_major,
+            h.rdev_minor,
+            namesize as u32,
+            0,
+        ];
         let mut header = Vec::with_capacity(HEADER_LEN + namesize + 3);
         header.extend_from_slice(MAGIC);
         for f in fields {
@@ -207,7 +244,8 @@ pub fn read(archive: &[u8]) -> Result<Vec<Entry>> {
     let mut at = 0usize;
     let malformed = |offset, what: &str| Error::Malformed { offset, what: what.to_owned() };
     loop {
-        let header = archive.get(at..at + HEADER_LEN).ok_or_else(|| malformed(at, "truncated header"))?;
+        let header =
+            archive.get(at..at + HEADER_LEN).ok_or_else(|| malformed(at, "truncated header"))?;
         if &header[..6] != MAGIC {
             return Err(malformed(at, "bad magic"));
         }
@@ -224,11 +262,13 @@ pub fn read(archive: &[u8]) -> Result<Vec<Entry>> {
         let name_bytes = archive
             .get(name_start..name_start + namesize)
             .ok_or_else(|| malformed(name_start, "truncated name"))?;
-        let (last, name) = name_bytes.split_last().ok_or_else(|| malformed(name_start, "empty name"))?;
+        let (last, name) =
+            name_bytes.split_last().ok_or_else(|| malformed(name_start, "empty name"))?;
         if *last != 0 {
             return Err(malformed(name_start, "name not NUL-terminated"));
         }
-        let name = String::from_utf8(name.to_vec()).map_err(|_| malformed(name_start, "name not UTF-8"))?;
+        let name = String::from_utf8(name.to_vec())
+            .map_err(|_| malformed(name_start, "name not UTF-8"))?;
         let data_start = (name_start + namesize).next_multiple_of(4);
         let size = field(6)? as usize;
         let data = archive
@@ -326,7 +366,10 @@ mod tests {
             .expect("cpio -t");
         assert!(listing.status.success(), "{}", String::from_utf8_lossy(&listing.stderr));
         let names = String::from_utf8(listing.stdout).expect("utf-8");
-        assert_eq!(names.lines().collect::<Vec<_>>(), ["dev", "dev/console", "bin", "bin/a", "empty", "lib64"]);
+        assert_eq!(
+            names.lines().collect::<Vec<_>>(),
+            ["dev", "dev/console", "bin", "bin/a", "empty", "lib64"]
+        );
         // Extract the regular file and the symlink (device nodes need root: leave them out).
         let extract = std::process::Command::new("cpio")
             .args(["-i", "--quiet", "-d", "-F"])
@@ -337,6 +380,9 @@ mod tests {
             .expect("cpio -i");
         assert!(extract.status.success(), "{}", String::from_utf8_lossy(&extract.stderr));
         assert_eq!(std::fs::read(dir.path().join("bin/a")).expect("bin/a"), b"hello");
-        assert_eq!(std::fs::read_link(dir.path().join("lib64")).expect("lib64"), std::path::Path::new("lib"));
+        assert_eq!(
+            std::fs::read_link(dir.path().join("lib64")).expect("lib64"),
+            std::path::Path::new("lib")
+        );
     }
 }

@@ -57,7 +57,9 @@ impl GuestResult {
         match self {
             GuestResult::Exited(code) => format!("{RESULT_MARKER} exit={code}"),
             GuestResult::Signaled(sig) => format!("{RESULT_MARKER} signal={sig}"),
-            GuestResult::InitError(msg) => format!("{RESULT_MARKER} error={}", msg.replace('\n', " ")),
+            GuestResult::InitError(msg) => {
+                format!("{RESULT_MARKER} error={}", msg.replace('\n', " "))
+            }
         }
     }
 
@@ -121,11 +123,15 @@ fn uptime() -> String {
 
 fn boot_and_run(started: Instant) -> Result<GuestResult, String> {
     mount_all()?;
-    let text = std::fs::read_to_string(CONFIG_PATH).map_err(|e| format!("reading {CONFIG_PATH}: {e}"))?;
+    let text =
+        std::fs::read_to_string(CONFIG_PATH).map_err(|e| format!("reading {CONFIG_PATH}: {e}"))?;
     let config: GuestConfig =
         serde_json::from_str(&text).map_err(|e| format!("parsing {CONFIG_PATH}: {e}"))?;
     if config.version != CONFIG_VERSION {
-        return Err(format!("{CONFIG_PATH} has version {}, this init reads {CONFIG_VERSION}", config.version));
+        return Err(format!(
+            "{CONFIG_PATH} has version {}, this init reads {CONFIG_VERSION}",
+            config.version
+        ));
     }
     enable_controllers(&config.controllers)?;
     let modules_started = Instant::now();
@@ -154,9 +160,21 @@ fn mount_all() -> Result<(), String> {
         ("proc", "/proc", "proc", common | MsFlags::MS_NOEXEC, None),
         ("sysfs", "/sys", "sysfs", common | MsFlags::MS_NOEXEC, None),
         ("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755")),
-        ("devpts", "/dev/pts", "devpts", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("ptmxmode=0666,mode=0620")),
+        (
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("ptmxmode=0666,mode=0620"),
+        ),
         ("shm", "/dev/shm", "tmpfs", common, Some("mode=1777")),
-        ("cgroup2", "/sys/fs/cgroup", "cgroup2", common | MsFlags::MS_NOEXEC, Some("nsdelegate,memory_recursiveprot")),
+        (
+            "cgroup2",
+            "/sys/fs/cgroup",
+            "cgroup2",
+            common | MsFlags::MS_NOEXEC,
+            Some("nsdelegate,memory_recursiveprot"),
+        ),
         ("tmpfs", "/tmp", "tmpfs", common, Some("mode=1777")),
         ("tmpfs", "/run", "tmpfs", common, Some("mode=0755")),
     ];
@@ -174,7 +192,8 @@ fn enable_controllers(controllers: &[String]) -> Result<(), String> {
     }
     let path = "/sys/fs/cgroup/cgroup.subtree_control";
     let line: Vec<String> = controllers.iter().map(|c| format!("+{c}")).collect();
-    std::fs::write(path, line.join(" ")).map_err(|e| format!("writing {:?} to {path}: {e}", line.join(" ")))
+    std::fs::write(path, line.join(" "))
+        .map_err(|e| format!("writing {:?} to {path}: {e}", line.join(" ")))
 }
 
 fn load_module(path: &str) -> Result<(), String> {
@@ -212,7 +231,9 @@ fn run_payload(config: &GuestConfig) -> Result<GuestResult, String> {
     loop {
         match wait() {
             Ok(WaitStatus::Exited(p, code)) if p == pid => return Ok(GuestResult::Exited(code)),
-            Ok(WaitStatus::Signaled(p, sig, _)) if p == pid => return Ok(GuestResult::Signaled(sig as i32)),
+            Ok(WaitStatus::Signaled(p, sig, _)) if p == pid => {
+                return Ok(GuestResult::Signaled(sig as i32))
+            }
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(format!("waiting for {program}: {e}")),

@@ -156,7 +156,12 @@ impl Initramfs {
     }
 
     /// Adds a file with the given content.
-    pub fn add_bytes(&mut self, guest: &str, data: impl Into<Vec<u8>>, mode: u32) -> Result<&mut Self> {
+    pub fn add_bytes(
+        &mut self,
+        guest: &str,
+        data: impl Into<Vec<u8>>,
+        mode: u32,
+    ) -> Result<&mut Self> {
         self.insert(guest, Node::Bytes { data: data.into(), mode: mode & 0o7777 })?;
         Ok(self)
     }
@@ -170,7 +175,11 @@ impl Initramfs {
     /// Adds a host file (following symlinks) with the host's permission bits. The content is
     /// read when the archive is written.
     pub fn add_host_file(&mut self, host: &Path, guest: &str) -> Result<&mut Self> {
-        let meta = fs::metadata(host).map_err(|source| Error::Io { op: "stat", path: host.to_owned(), source })?;
+        let meta = fs::metadata(host).map_err(|source| Error::Io {
+            op: "stat",
+            path: host.to_owned(),
+            source,
+        })?;
         if !meta.is_file() {
             return Err(Error::Io {
                 op: "adding (not a regular file)",
@@ -195,13 +204,15 @@ impl Initramfs {
         entries.sort_by_key(|e| e.file_name());
         for e in entries {
             let name = e.file_name();
-            let name = name.to_str().ok_or_else(|| Error::BadGuestPath(format!("{guest}/{name:?}")))?;
+            let name =
+                name.to_str().ok_or_else(|| Error::BadGuestPath(format!("{guest}/{name:?}")))?;
             let child_guest = format!("{}/{name}", guest.trim_end_matches('/'));
             let path = e.path();
             let ft = e.file_type().map_err(io_err("stat", &path))?;
             if ft.is_symlink() {
                 let target = fs::read_link(&path).map_err(io_err("reading link", &path))?;
-                let target = target.to_str().ok_or_else(|| Error::BadGuestPath(child_guest.clone()))?;
+                let target =
+                    target.to_str().ok_or_else(|| Error::BadGuestPath(child_guest.clone()))?;
                 self.add_symlink(&child_guest, target)?;
             } else if ft.is_dir() {
                 self.add_host_tree(&path, &child_guest)?;
@@ -233,8 +244,11 @@ impl Initramfs {
 
     /// Writes the archive to `path`.
     pub fn write(&self, path: &Path) -> Result<()> {
-        let file = fs::File::create(path)
-            .map_err(|source| Error::Io { op: "creating", path: path.to_owned(), source })?;
+        let file = fs::File::create(path).map_err(|source| Error::Io {
+            op: "creating",
+            path: path.to_owned(),
+            source,
+        })?;
         let werr = |source| Error::Write { path: path.to_owned(), source };
         let mut w = cpio::Writer::new(BufWriter::with_capacity(1 << 20, file));
         for (name, node) in &self.nodes {
@@ -246,8 +260,11 @@ impl Initramfs {
                     w.char_device(name, *mode, *major, *minor).map_err(werr)?
                 }
                 Node::HostFile { host, mode } => {
-                    let mut f = fs::File::open(host)
-                        .map_err(|source| Error::Io { op: "opening", path: host.clone(), source })?;
+                    let mut f = fs::File::open(host).map_err(|source| Error::Io {
+                        op: "opening",
+                        path: host.clone(),
+                        source,
+                    })?;
                     let len = f
                         .metadata()
                         .map_err(|source| Error::Io { op: "stat", path: host.clone(), source })?
@@ -272,12 +289,15 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Err
 /// empty for a static binary.
 pub fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
     let err = |what: String| Error::Libraries { binary: binary.to_owned(), what };
-    let out = Command::new("ldd").arg(binary).output().map_err(|e| err(format!("running ldd: {e}")))?;
+    let out =
+        Command::new("ldd").arg(binary).output().map_err(|e| err(format!("running ldd: {e}")))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
         // ldd exits 1 for static binaries ("not a dynamic executable").
-        if stdout.contains("not a dynamic executable") || stderr.contains("not a dynamic executable") {
+        if stdout.contains("not a dynamic executable")
+            || stderr.contains("not a dynamic executable")
+        {
             return Ok(Vec::new());
         }
         return Err(err(format!("ldd failed: {}", stderr.trim())));
@@ -373,11 +393,21 @@ mod tests {
                 assert!(at < i, "{parent} after {name}");
             }
         }
-        for want in ["dev/console", "proc", "sys", "images/test/blobs/a-b", "images/test/link", "keelson/vm.json"] {
+        for want in [
+            "dev/console",
+            "proc",
+            "sys",
+            "images/test/blobs/a-b",
+            "images/test/link",
+            "keelson/vm.json",
+        ] {
             assert!(names.contains(&want), "{want} missing from {names:?}");
         }
         let link = entries.iter().find(|e| e.name == "images/test/link").expect("link");
-        assert_eq!((link.mode & cpio::S_IFMT, link.data.as_slice()), (cpio::S_IFLNK, &b"blobs/a-b"[..]));
+        assert_eq!(
+            (link.mode & cpio::S_IFMT, link.data.as_slice()),
+            (cpio::S_IFLNK, &b"blobs/a-b"[..])
+        );
         let blob = entries.iter().find(|e| e.name == "images/test/blobs/a-b").expect("blob");
         assert_eq!(blob.data, b"blob");
     }

@@ -213,10 +213,8 @@ impl Kernel {
             return Ok(Vec::new());
         }
         let mut source = PackageModules::open(self)?;
-        let order = modules::closure(&mut source, requested).map_err(|source| Error::Modules {
-            release: self.release.clone(),
-            source,
-        })?;
+        let order = modules::closure(&mut source, requested)
+            .map_err(|source| Error::Modules { release: self.release.clone(), source })?;
         let mut out = Vec::with_capacity(order.len());
         for m in order {
             let rel = source.files.get(&m.name).cloned().ok_or_else(|| Error::BadModule {
@@ -304,17 +302,16 @@ impl<'k> PackageModules<'k> {
 
     fn info_of(&self, name: &str, rel: &Path) -> Result<ModInfo> {
         let data = self.read_module(rel)?;
-        let section = modinfo_section(&data).map_err(|what| Error::BadModule {
-            path: self.kernel.modules_dir.join(rel),
-            what,
-        })?;
+        let section = modinfo_section(&data)
+            .map_err(|what| Error::BadModule { path: self.kernel.modules_dir.join(rel), what })?;
         Ok(ModInfo::parse(name, section))
     }
 
     /// The decompressed copy of a module in the cache, written on first use.
     fn decompressed(&self, rel: &Path) -> Result<PathBuf> {
         let rel_str = rel.to_string_lossy();
-        let plain = rel_str.trim_end_matches(".xz").trim_end_matches(".zst").trim_end_matches(".gz");
+        let plain =
+            rel_str.trim_end_matches(".xz").trim_end_matches(".zst").trim_end_matches(".gz");
         let out = self.kernel.cache_dir.join("modules").join(plain);
         if !out.is_file() {
             write_atomic(&out, &self.read_module(rel)?)?;
@@ -335,7 +332,8 @@ impl<'k> PackageModules<'k> {
                 Some(f) => f.set,
                 None => {
                     let started = std::time::Instant::now();
-                    let mut set = ModuleSet { builtin: self.builtin.clone(), ..ModuleSet::default() };
+                    let mut set =
+                        ModuleSet { builtin: self.builtin.clone(), ..ModuleSet::default() };
                     for (name, rel) in &self.files {
                         set.insert(self.info_of(name, rel)?);
                     }
@@ -552,12 +550,14 @@ pub fn check_pvh_elf(elf: &[u8]) -> Result<(), String> {
     if !elf.starts_with(b"\x7fELF") {
         return Err("decompressed payload is not an ELF file".to_owned());
     }
-    let header = FileHeader64::<LittleEndian>::parse(elf).map_err(|e| format!("ELF header: {e}"))?;
+    let header =
+        FileHeader64::<LittleEndian>::parse(elf).map_err(|e| format!("ELF header: {e}"))?;
     let endian = header.endian().map_err(|e| format!("ELF header: {e}"))?;
     if header.e_machine(endian) != EM_X86_64 {
         return Err(format!("ELF machine {} is not x86_64", header.e_machine(endian)));
     }
-    let phdrs = header.program_headers(endian, elf).map_err(|e| format!("ELF program headers: {e}"))?;
+    let phdrs =
+        header.program_headers(endian, elf).map_err(|e| format!("ELF program headers: {e}"))?;
     for ph in phdrs.iter().filter(|ph| ph.p_type(endian) == PT_NOTE) {
         let Ok(Some(mut notes)) = ph.notes(endian, elf) else { continue };
         while let Ok(Some(note)) = notes.next() {
@@ -585,7 +585,8 @@ pub fn extract_arm64_image(vmlinuz: &[u8]) -> Result<Vec<u8>, String> {
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err("creating a temporary file in", dir))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .map_err(io_err("creating a temporary file in", dir))?;
     tmp.write_all(data).map_err(io_err("writing", tmp.path()))?;
     // Readable by every user of the machine, like the rest of the cache.
     fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o644))
@@ -704,7 +705,10 @@ mod tests {
 
     #[test]
     fn module_names_come_from_file_names() {
-        assert_eq!(module_name_of("kernel/arch/x86/crypto/crc32c-intel.ko.xz").as_deref(), Some("crc32c_intel"));
+        assert_eq!(
+            module_name_of("kernel/arch/x86/crypto/crc32c-intel.ko.xz").as_deref(),
+            Some("crc32c_intel")
+        );
         assert_eq!(module_name_of("kernel/fs/overlayfs/overlay.ko").as_deref(), Some("overlay"));
         assert_eq!(module_name_of("modules.order"), None);
     }

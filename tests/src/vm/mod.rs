@@ -75,7 +75,9 @@ pub enum Error {
     #[error("running qemu")]
     Qemu(#[from] qemu::Error),
     /// The init binary was not found.
-    #[error("VM init binary {0} not found (built with keelson-tests: cargo test -p keelson-tests)")]
+    #[error(
+        "VM init binary {0} not found (built with keelson-tests: cargo test -p keelson-tests)"
+    )]
     NoInit(PathBuf),
     /// Finding the running test binary failed.
     #[error("finding the current test binary")]
@@ -84,7 +86,9 @@ pub enum Error {
     #[error("creating a temporary directory")]
     TempDir(#[source] std::io::Error),
     /// The guest did not print its result before the deadline; qemu was killed.
-    #[error("guest gave no result within {timeout:?}: qemu (pid {qemu_pid}) killed; serial log {log}")]
+    #[error(
+        "guest gave no result within {timeout:?}: qemu (pid {qemu_pid}) killed; serial log {log}"
+    )]
     Timeout {
         /// The deadline.
         timeout: Duration,
@@ -391,11 +395,15 @@ pub fn run_in_vm(label: &str, argv: &[String], opts: &VmOptions) -> Result<VmRep
         transcript: outcome.transcript,
     };
     let verdict = match outcome.result {
-        _ if outcome.timed_out => {
-            Err(Error::Timeout { timeout: opts.timeout, qemu_pid: outcome.qemu_pid, log: log.clone() })
-        }
+        _ if outcome.timed_out => Err(Error::Timeout {
+            timeout: opts.timeout,
+            qemu_pid: outcome.qemu_pid,
+            log: log.clone(),
+        }),
         None => Err(Error::NoResult {
-            status: outcome.qemu_status.map_or_else(|| "status unknown".to_owned(), |s| s.to_string()),
+            status: outcome
+                .qemu_status
+                .map_or_else(|| "status unknown".to_owned(), |s| s.to_string()),
             log: log.clone(),
         }),
         Some(result) if !result.success() => Err(Error::Failed { result, log: log.clone() }),
@@ -424,14 +432,13 @@ pub fn libtest_name(module_path: &str, name: &str) -> String {
 /// Runs the test whose libtest name (path without the crate) is `test` inside a VM.
 pub fn run_named_test(test: &str, opts: VmOptions) -> Result<VmReport> {
     let exe = std::env::current_exe().map_err(Error::CurrentExe)?;
-    let guest_exe = format!(
-        "/bin/{}",
-        exe.file_name().and_then(|n| n.to_str()).unwrap_or("keelson-test")
-    );
+    let guest_exe =
+        format!("/bin/{}", exe.file_name().and_then(|n| n.to_str()).unwrap_or("keelson-test"));
     let opts = opts.clone_with_binary(&exe, &guest_exe);
-    let argv: Vec<String> = [guest_exe.as_str(), "--exact", test, "--nocapture", "--test-threads=1"]
-        .map(String::from)
-        .to_vec();
+    let argv: Vec<String> =
+        [guest_exe.as_str(), "--exact", test, "--nocapture", "--test-threads=1"]
+            .map(String::from)
+            .to_vec();
     let report = run_in_vm(test, &argv, &opts)?;
     let ran = report.transcript.lines().any(|l| l.contains("test result: ok. 1 passed"));
     if !ran {
@@ -464,8 +471,10 @@ fn keep_logs() -> bool {
 fn log_path(label: &str) -> PathBuf {
     let dir = std::env::var_os("KEELSON_VM_LOGS")
         .map_or_else(|| std::env::temp_dir().join("keelson-vm-logs"), PathBuf::from);
-    let safe: String =
-        label.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect();
+    let safe: String = label
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
+        .collect();
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
@@ -549,6 +558,9 @@ mod tests {
         assert_eq!(o.env, [("A".to_owned(), "b".to_owned())]);
         assert_eq!(o.timeout, Duration::from_secs(5));
         assert_eq!(o.controllers, ["cpu", "memory", "pids", "io"]);
-        assert_eq!(o.clone().init_if_unset("/a").init_if_unset("/b").init, Some(PathBuf::from("/a")));
+        assert_eq!(
+            o.clone().init_if_unset("/a").init_if_unset("/b").init,
+            Some(PathBuf::from("/a"))
+        );
     }
 }

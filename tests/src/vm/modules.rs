@@ -288,7 +288,10 @@ impl<S: ModuleSource + ?Sized> Walk<'_, S> {
 /// The modules to load for `requested`, each after everything it depends on (hard and `pre`
 /// softdeps) and before its `post` softdeps. Built-in modules are left out; the order is
 /// deterministic (requests in the given order, dependencies in their listed order).
-pub fn closure<S: ModuleSource + ?Sized>(source: &mut S, requested: &[&str]) -> Result<Vec<ModInfo>> {
+pub fn closure<S: ModuleSource + ?Sized>(
+    source: &mut S,
+    requested: &[&str],
+) -> Result<Vec<ModInfo>> {
     let mut walk = Walk { source, marks: BTreeMap::new(), stack: Vec::new(), order: Vec::new() };
     for name in requested {
         walk.visit_name(&normalize(name), Edge::Hard, "request")?;
@@ -302,7 +305,13 @@ mod tests {
 
     fn m(name: &str, depends: &[&str], pre: &[&str], post: &[&str], aliases: &[&str]) -> ModInfo {
         let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect();
-        ModInfo { name: name.into(), depends: v(depends), pre: v(pre), post: v(post), aliases: v(aliases) }
+        ModInfo {
+            name: name.into(),
+            depends: v(depends),
+            pre: v(pre),
+            post: v(post),
+            aliases: v(aliases),
+        }
     }
 
     fn names(order: &[ModInfo]) -> Vec<&str> {
@@ -321,7 +330,10 @@ mod tests {
         let empty = ModInfo::parse("x", b"depends=\0");
         assert!(empty.depends.is_empty());
         let post_only = ModInfo::parse("x", b"softdep=post: y z\0");
-        assert_eq!((post_only.pre.len(), post_only.post), (0, vec!["y".to_owned(), "z".to_owned()]));
+        assert_eq!(
+            (post_only.pre.len(), post_only.post),
+            (0, vec!["y".to_owned(), "z".to_owned()])
+        );
     }
 
     /// The real-world shape: nf_conntrack -> libcrc32c, whose softdep `crc32c` is an alias of
@@ -336,7 +348,10 @@ mod tests {
         set.insert(m("crc32c_intel", &[], &[], &[], &["crc32c", "crypto_crc32c"]));
         set.insert(m("unrelated", &[], &[], &[], &[]));
         let order = closure(&mut set, &["nf-conntrack"]).expect("closure");
-        assert_eq!(names(&order), ["nf_defrag_ipv4", "crc32c_generic", "crc32c_intel", "libcrc32c", "nf_conntrack"]);
+        assert_eq!(
+            names(&order),
+            ["nf_defrag_ipv4", "crc32c_generic", "crc32c_intel", "libcrc32c", "nf_conntrack"]
+        );
     }
 
     #[test]
@@ -357,9 +372,15 @@ mod tests {
         set.insert(m("b", &["gone"], &[], &[], &[]));
         assert_eq!(names(&closure(&mut set, &["a"]).expect("a")), ["a"]);
         let err = closure(&mut set, &["b"]).expect_err("b needs gone");
-        assert!(matches!(&err, Error::NotFound { name, needed_by } if name == "gone" && needed_by == "b"), "{err}");
+        assert!(
+            matches!(&err, Error::NotFound { name, needed_by } if name == "gone" && needed_by == "b"),
+            "{err}"
+        );
         let err = closure(&mut set, &["nope"]).expect_err("unknown request");
-        assert!(matches!(&err, Error::NotFound { needed_by, .. } if needed_by == "request"), "{err}");
+        assert!(
+            matches!(&err, Error::NotFound { needed_by, .. } if needed_by == "request"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -132,8 +132,21 @@ pub fn qemu_args(cfg: &QemuConfig) -> Vec<String> {
     let mut append = vec![format!("console={console}"), "panic=-1".to_owned(), "quiet".to_owned()];
     append.extend(cfg.append.iter().cloned());
     let mut args: Vec<String> = [
-        "-accel", "tcg", "-M", machine, "-cpu", cpu, "-nodefaults", "-no-user-config", "-display",
-        "none", "-serial", "stdio", "-monitor", "none", "-no-reboot",
+        "-accel",
+        "tcg",
+        "-M",
+        machine,
+        "-cpu",
+        cpu,
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-monitor",
+        "none",
+        "-no-reboot",
     ]
     .iter()
     .map(|s| s.to_string())
