@@ -115,6 +115,12 @@ pub struct Output<'a> {
     pub stderr: &'a mut (dyn AsyncWrite + Unpin + Send),
 }
 
+impl std::fmt::Debug for Output<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Output").finish_non_exhaustive()
+    }
+}
+
 fn rt_err(op: &'static str) -> impl FnOnce(keelson_runtime::api::Error) -> Error {
     move |source| Error::Runtime { op, source }
 }
@@ -350,9 +356,7 @@ async fn run_in(
                 return Ok(exit.code)
             }
             Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                return Err(Error::NoExit(id))
-            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return Err(Error::NoExit(id)),
         }
     }
 }
@@ -363,7 +367,10 @@ mod tests {
 
     #[test]
     fn image_paths_become_valid_local_names() {
-        assert_eq!(name_for_path(Path::new("/x/busybox-oci.tar")), "keelson.local/busybox-oci:latest");
+        assert_eq!(
+            name_for_path(Path::new("/x/busybox-oci.tar")),
+            "keelson.local/busybox-oci:latest"
+        );
         assert_eq!(name_for_path(Path::new("/x/My_Image")), "keelson.local/my-image:latest");
         assert_eq!(name_for_path(Path::new("/x/.tar")), "keelson.local/image:latest");
     }
@@ -371,7 +378,7 @@ mod tests {
     #[test]
     fn pod_uids_look_like_uuids() {
         let u = pod_uid();
-        let parts: Vec<&str> = u.split('-').map(|p| p).collect();
+        let parts: Vec<&str> = u.split('-').collect();
         assert_eq!(parts.iter().map(|p| p.len()).collect::<Vec<_>>(), [8, 4, 4, 4, 12], "{u}");
         assert_ne!(pod_uid(), u);
     }

@@ -5,6 +5,7 @@
 //! cluster subcommands (`controlplane`, `agent`, `up`, `init`, `cni`, `image`) come with later
 //! issues.
 
+#[path = "keelson/run.rs"]
 mod run;
 
 use clap::{Parser, Subcommand};
