@@ -228,13 +228,31 @@ fn pod_uid() -> String {
     format!("{}-{}-4{}-8{}-{}", &id[..8], &id[8..12], &more[..3], &more[3..6], &more[..12])
 }
 
-/// Runs the container to its end (or until `interrupt` completes) and cleans up. Returns its
-/// exit code; 130 when interrupted.
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The container exited with this code (128 + signal when killed).
+    Exited(i32),
+    /// The caller's interrupt came first; the container was killed and removed.
+    Interrupted,
+}
+
+impl Ended {
+    /// The exit status for the `keelson` process: the container's, or 130 when interrupted.
+    pub fn code(self) -> i32 {
+        match self {
+            Ended::Exited(c) => c,
+            Ended::Interrupted => 130,
+        }
+    }
+}
+
+/// Runs the container to its end (or until `interrupt` completes) and cleans up.
 pub async fn run(
     opts: &RunOptions,
     out: Output<'_>,
     interrupt: impl Future<Output = ()>,
-) -> Result<i32> {
+) -> Result<Ended> {
     let store_root = opts.paths.data_dir.join("images");
     let store = tokio::task::spawn_blocking(move || ImageStore::open(store_root))
         .await
@@ -249,10 +267,12 @@ pub async fn run(
     let rootfs_key = format!("run-{}", &uid[..8]);
     let mut state = Cleanup { rt: rt.clone(), store: store.clone(), sandbox: None, rootfs: None };
     let res = tokio::select! {
-        r = run_in(&rt, &store, &image, opts, &uid, &rootfs_key, &mut state, out) => r,
+        r = run_in(&rt, &store, &image, opts, &uid, &rootfs_key, &mut state, out) => {
+            r.map(Ended::Exited)
+        }
         () = interrupt => {
             tracing::warn!("interrupted: removing the container and its sandbox");
-            Ok(130)
+            Ok(Ended::Interrupted)
         }
     };
     let cleaned = state.run().await;

@@ -114,3 +114,35 @@ fn keelson_run_imports_a_docker_archive_and_reports_a_failed_start() {
     assert_ne!(r.code, 0, "a missing binary must fail: {}", r.stderr);
     assert_eq!(sandboxes_left(&dir.path().join("state")), Vec::<String>::new());
 }
+
+#[test]
+fn keelson_run_removes_its_sandbox_when_interrupted() {
+    use std::io::{BufRead, BufReader};
+    require!(Tier::Privileged, need_root(), need_test_images());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bin = binaries().expect("binaries");
+    let mut child = Command::new(bin.join("keelson"))
+        .arg("run")
+        .arg("--image")
+        .arg(test_images_dir().join("busybox-oci"))
+        .args(["--name", "sleeper"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--log-root")
+        .arg(dir.path().join("logs"))
+        .args(["--", "sh", "-c", "echo started; exec sleep 1000"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn keelson");
+    let mut line = String::new();
+    let mut out = BufReader::new(child.stdout.take().expect("piped stdout"));
+    out.read_line(&mut line).expect("read keelson's output");
+    assert_eq!(line, "started\n");
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("send SIGINT");
+    let st = child.wait().expect("wait for keelson");
+    assert_eq!(st.code(), Some(130));
+    assert_eq!(sandboxes_left(&dir.path().join("state")), Vec::<String>::new());
+}

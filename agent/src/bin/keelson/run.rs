@@ -65,9 +65,16 @@ fn run_args(args: RunArgs) -> Result<i32> {
     rt.block_on(async {
         let (mut stdout, mut stderr) = (tokio::io::stdout(), tokio::io::stderr());
         let out = Output { stdout: &mut stdout, stderr: &mut stderr };
-        let code = run::run(&opts, out, interrupted()).await?;
-        eprintln!("keelson run: container {} exited with code {code}", opts.name);
-        Ok(code)
+        let ended = run::run(&opts, out, interrupted()).await?;
+        match ended {
+            run::Ended::Exited(code) => {
+                eprintln!("keelson run: container {} exited with code {code}", opts.name)
+            }
+            run::Ended::Interrupted => {
+                eprintln!("keelson run: interrupted; container {} removed", opts.name)
+            }
+        }
+        Ok(ended.code())
     })
 }
 
