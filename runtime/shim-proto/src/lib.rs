@@ -223,8 +223,9 @@ pub enum Response {
         exit: ExitStatus,
     },
     /// Attached. Descriptors come along in this order: stdout (the terminal's output when
-    /// `tty`), stderr (unless `tty`), stdin (when `stdin`: the write end of the container's
-    /// stdin pipe, or the PTY master).
+    /// `tty`), stderr (unless `tty`), stdin (when `stdin`: a pipe the shim copies into the
+    /// container's stdin, closed for good at its end when the container is `stdin_once`; or
+    /// the PTY master).
     Attach {
         /// The container has a terminal.
         tty: bool,
@@ -380,4 +381,8 @@ pub struct ShimConfig {
     pub cgroup2_mount_over: Option<PathBuf>,
     /// A file for the shim's own diagnostics.
     pub log_file: Option<PathBuf>,
+    /// Namespaced sysctls to set in the new namespaces (`net.ipv4.ip_forward` style names;
+    /// the runtime has checked that they belong to a namespace the shim creates).
+    #[serde(default)]
+    pub sysctls: std::collections::BTreeMap<String, String>,
 }

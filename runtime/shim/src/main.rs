@@ -46,8 +46,14 @@ fn main() {
         let args: Vec<String> = std::env::args().skip(2).collect();
         std::process::exit(oneshot::main(&args));
     }
-    // SAFETY: descriptor 3 is the readiness pipe the runtime passed us (documented contract);
-    // nothing else in this fresh process owns it.
+    // Without a readiness pipe on descriptor 3 the shim would later hand that number to
+    // something else and then close it: refuse to start.
+    if nix::fcntl::fcntl(READY_FD, nix::fcntl::FcntlArg::F_GETFD).is_err() {
+        eprintln!("keelson-shim: no readiness pipe on descriptor {READY_FD}; the runtime starts this program");
+        std::process::exit(2);
+    }
+    // SAFETY: descriptor 3 is open (checked above) and is the readiness pipe the runtime passed
+    // us (documented contract); nothing else in this fresh process owns it.
     let ready = unsafe { OwnedFd::from_raw_fd(READY_FD) };
     let mut ready = File::from(ready);
     let cfg: ShimConfig = match serde_json::from_str(&arg) {
@@ -103,6 +109,10 @@ fn setup(cfg: &ShimConfig) -> Result<(UnixListener, bool)> {
     }
     if !flags.is_empty() {
         nix::sched::unshare(flags).context("unshare sandbox namespaces")?;
+    }
+    for (key, value) in &cfg.sysctls {
+        let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+        fs::write(&path, value).with_context(|| format!("set sysctl {key}={value}"))?;
     }
     let mut pinned = false;
     if let Some(path) = &cfg.netns_path {

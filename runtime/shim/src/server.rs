@@ -25,6 +25,7 @@ use keelson_shim_proto::{
     Request, Response, ShimConfig, PROTOCOL_VERSION,
 };
 use nix::errno::Errno;
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -36,9 +37,14 @@ use crate::{diag, sys};
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Token {
     Signal,
+    Inotify,
     Listener,
     Conn(u64),
     Out(String, Stream),
+    /// Input from an attached client, to be copied to the container's stdin.
+    AttachIn(String, u64),
+    /// The container's stdin can take the bytes waiting for it.
+    StdinOut(String),
 }
 
 struct Conn {
@@ -52,16 +58,24 @@ struct Conn {
 }
 
 struct Attacher {
+    id: u64,
     out: OwnedFd,
     err: Option<OwnedFd>,
+    /// The read end of the client's stdin pipe (non-tty containers with stdin).
+    input: Option<OwnedFd>,
 }
 
 struct Container {
     state: ContainerState,
+    /// `oom_kill` of the container's cgroup when last looked at.
+    oom_kills: u64,
     stdin: Option<OwnedFd>,
     out: Option<OwnedFd>,
     err: Option<OwnedFd>,
     master: Option<OwnedFd>,
+    /// Bytes from attached clients the container's stdin has not taken yet.
+    stdin_pending: Vec<u8>,
+    stdin_once: bool,
     log: LogWriter,
     attachers: Vec<Attacher>,
     waiters: Vec<u64>,
@@ -103,6 +117,9 @@ pub struct Server {
     cfg: ShimConfig,
     listener: UnixListener,
     sigfd: SignalFd,
+    /// Watches the containers' `memory.events` (OOM kills while they run).
+    inotify: Option<Inotify>,
+    oom_watches: HashMap<WatchDescriptor, String>,
     netns_pinned: bool,
     conns: BTreeMap<u64, Conn>,
     next_conn: u64,
@@ -142,6 +159,8 @@ impl Server {
             cfg,
             listener,
             sigfd,
+            inotify: Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).ok(),
+            oom_watches: HashMap::new(),
             netns_pinned,
             conns: BTreeMap::new(),
             next_conn: 1,
@@ -165,21 +184,40 @@ impl Server {
             }
             let mut toks = Vec::new();
             let mut pfds = Vec::new();
-            let mut add = |t: Token, fd: RawFd| {
+            let mut add_ev = |t: Token, fd: RawFd, events: libc::c_short| {
                 toks.push(t);
-                pfds.push(libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
+                pfds.push(libc::pollfd { fd, events, revents: 0 });
             };
-            add(Token::Signal, self.sigfd.as_fd().as_raw_fd());
-            add(Token::Listener, self.listener.as_raw_fd());
+
+            const IN: libc::c_short = libc::POLLIN;
+            add_ev(Token::Signal, self.sigfd.as_fd().as_raw_fd(), IN);
+            add_ev(Token::Listener, self.listener.as_raw_fd(), IN);
+            if let Some(i) = &self.inotify {
+                add_ev(Token::Inotify, i.as_fd().as_raw_fd(), IN);
+            }
             for (id, c) in &self.conns {
-                add(Token::Conn(*id), c.sock.as_raw_fd());
+                add_ev(Token::Conn(*id), c.sock.as_raw_fd(), IN);
             }
             for (id, c) in &self.containers {
                 if let Some(fd) = c.out.as_ref().or(c.master.as_ref()) {
-                    add(Token::Out(id.clone(), Stream::Stdout), fd.as_raw_fd());
+                    add_ev(Token::Out(id.clone(), Stream::Stdout), fd.as_raw_fd(), IN);
                 }
                 if let Some(fd) = &c.err {
-                    add(Token::Out(id.clone(), Stream::Stderr), fd.as_raw_fd());
+                    add_ev(Token::Out(id.clone(), Stream::Stderr), fd.as_raw_fd(), IN);
+                }
+                match &c.stdin {
+                    // Back-pressure: read no more client input until the container took the
+                    // bytes already waiting.
+                    Some(fd) if !c.stdin_pending.is_empty() => {
+                        add_ev(Token::StdinOut(id.clone()), fd.as_raw_fd(), libc::POLLOUT)
+                    }
+                    _ => {
+                        for a in &c.attachers {
+                            if let Some(fd) = &a.input {
+                                add_ev(Token::AttachIn(id.clone(), a.id), fd.as_raw_fd(), IN);
+                            }
+                        }
+                    }
                 }
             }
             // SAFETY: `pfds` is a valid array of pollfd of the given length for the call.
@@ -197,9 +235,12 @@ impl Server {
                 }
                 match t {
                     Token::Signal => self.on_signal(),
+                    Token::Inotify => self.on_inotify(),
                     Token::Listener => self.accept(),
                     Token::Conn(id) => self.on_conn(id),
                     Token::Out(id, s) => self.on_output(&id, s),
+                    Token::AttachIn(id, a) => self.on_attach_input(&id, a),
+                    Token::StdinOut(id) => self.flush_stdin(&id),
                 }
             }
             self.conns.retain(|_, c| !c.closed);
@@ -455,6 +496,7 @@ impl Server {
                 err = Some(er);
                 if r.stdin {
                     let (ir, iw) = pipe()?;
+                    sys::set_nonblocking(iw.as_fd())?;
                     stdio.stdin = Some(ir);
                     stdin = Some(iw);
                 }
@@ -475,10 +517,13 @@ impl Server {
             };
             let c = Container {
                 state,
+                oom_kills: 0,
                 stdin,
                 out,
                 err,
                 master: None,
+                stdin_pending: Vec::new(),
+                stdin_once: r.stdin_once,
                 log,
                 attachers: Vec::new(),
                 waiters: Vec::new(),
@@ -602,6 +647,7 @@ impl Server {
                     }
                 }
                 self.owners.insert(pid, Owner::Init(id.clone()));
+                self.watch_oom(&id);
                 self.persist(&id);
                 self.complete(job.conn, Response::Created { pid }, vec![]);
             }
@@ -646,9 +692,19 @@ impl Server {
         let (Some(pid), false) = (c.state.pid, c.state.status == ContainerStatus::Exited) else {
             return Err(format!("container {id} is not running"));
         };
-        let sig = Signal::try_from(signal).map_err(|e| format!("signal {signal}: {e}"))?;
-        // The pid is ours until we reap it, so it cannot have been reused.
-        kill(Pid::from_raw(pid), sig).map_err(|e| format!("kill container {id} with {sig}: {e}"))
+        if !(1..=libc::SIGRTMAX()).contains(&signal) {
+            return Err(format!("invalid signal {signal}"));
+        }
+        // The pid is ours until we reap it, so it cannot have been reused. Raw kill(2): nix's
+        // Signal has no real-time signals.
+        // SAFETY: kill(2) with a checked signal number touches no memory.
+        if unsafe { libc::kill(pid, signal) } < 0 {
+            return Err(format!(
+                "kill container {id} with signal {signal}: {}",
+                io::Error::last_os_error()
+            ));
+        }
+        Ok(())
     }
 
     fn delete(&mut self, id: &str) -> Result<(), String> {
@@ -668,6 +724,18 @@ impl Server {
         }
         let _ = std::fs::remove_file(self.state_path(id));
         self.containers.remove(id);
+        if let Some(ino) = &self.inotify {
+            let wds: Vec<WatchDescriptor> = self
+                .oom_watches
+                .iter()
+                .filter(|(_, c)| c.as_str() == id)
+                .map(|(w, _)| *w)
+                .collect();
+            for wd in wds {
+                let _ = ino.rm_watch(wd);
+                self.oom_watches.remove(&wd);
+            }
+        }
         self.execs.retain(|_, e| e.container_id != id);
         Ok(())
     }
@@ -690,16 +758,115 @@ impl Server {
             fds.push(er);
             err = Some(ew);
         }
-        let input = if tty { c.master.as_ref() } else { c.stdin.as_ref() };
-        let stdin = match input {
-            Some(fd) => {
-                fds.push(fd.try_clone().map_err(io)?);
-                true
+        // A terminal's input is its master, shared; a stdin pipe is fed through a pipe of the
+        // attacher's own, so that the shim sees the client go away (`stdinOnce`).
+        let mut input = None;
+        let stdin = if tty {
+            match &c.master {
+                Some(m) => {
+                    fds.push(m.try_clone().map_err(io)?);
+                    true
+                }
+                None => false,
             }
-            None => false,
+        } else if c.stdin.is_some() {
+            let (ir, iw) = pipe().map_err(io)?;
+            sys::set_nonblocking(ir.as_fd()).map_err(io)?;
+            fds.push(iw);
+            input = Some(ir);
+            true
+        } else {
+            false
         };
-        c.attachers.push(Attacher { out: ow, err });
+        let aid = self.next_conn;
+        self.next_conn += 1;
+        c.attachers.push(Attacher { id: aid, out: ow, err, input });
         Ok((Response::Attach { tty, stdin }, fds))
+    }
+
+    /// Copies an attached client's input to the container's stdin. At the client's end of
+    /// input, a `stdinOnce` container's stdin is closed.
+    fn on_attach_input(&mut self, id: &str, attacher: u64) {
+        let Some(c) = self.containers.get_mut(id) else { return };
+        let Some(a) = c.attachers.iter_mut().find(|a| a.id == attacher) else { return };
+        let Some(fd) = &a.input else { return };
+        let mut buf = [0u8; 65536];
+        match nix::unistd::read(fd.as_raw_fd(), &mut buf) {
+            Ok(0) | Err(Errno::EIO) | Err(Errno::EBADF) => {
+                a.input = None;
+                if c.stdin_once {
+                    c.stdin = None;
+                    c.stdin_pending.clear();
+                    for other in &mut c.attachers {
+                        other.input = None;
+                    }
+                }
+            }
+            Ok(n) => {
+                c.stdin_pending.extend_from_slice(&buf[..n]);
+                self.flush_stdin(id);
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Writes what the container's stdin takes of the pending input.
+    fn flush_stdin(&mut self, id: &str) {
+        let Some(c) = self.containers.get_mut(id) else { return };
+        let Some(fd) = &c.stdin else {
+            c.stdin_pending.clear();
+            return;
+        };
+        while !c.stdin_pending.is_empty() {
+            match nix::unistd::write(fd, &c.stdin_pending) {
+                Ok(n) => {
+                    c.stdin_pending.drain(..n);
+                }
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => return,
+                Err(_) => {
+                    // The container closed its stdin.
+                    c.stdin = None;
+                    c.stdin_pending.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Starts watching the container's `memory.events` (present only with the memory
+    /// controller, so not on hybrid hosts).
+    fn watch_oom(&mut self, id: &str) {
+        let (Some(ino), Some(c)) = (&self.inotify, self.containers.get_mut(id)) else { return };
+        let Some(dir) = c.state.cgroup_dir.clone() else { return };
+        let events = dir.join("memory.events");
+        if !events.exists() {
+            return;
+        }
+        c.oom_kills = sys::oom_kills(&dir);
+        match ino.add_watch(&events, AddWatchFlags::IN_MODIFY) {
+            Ok(wd) => {
+                self.oom_watches.insert(wd, id.to_owned());
+            }
+            Err(e) => diag!("watch {}: {e}", events.display()),
+        }
+    }
+
+    fn on_inotify(&mut self) {
+        let Some(ino) = &self.inotify else { return };
+        let Ok(events) = ino.read_events() else { return };
+        let mut ids: Vec<String> =
+            events.iter().filter_map(|e| self.oom_watches.get(&e.wd).cloned()).collect();
+        ids.dedup();
+        for id in ids {
+            let Some(c) = self.containers.get_mut(&id) else { continue };
+            let Some(dir) = &c.state.cgroup_dir else { continue };
+            let now = sys::oom_kills(dir);
+            if now > c.oom_kills {
+                c.oom_kills = now;
+                self.broadcast(&Event::OomKilled { id });
+            }
+        }
     }
 
     fn on_output(&mut self, id: &str, stream: Stream) {
@@ -754,7 +921,10 @@ impl Server {
                 if c.err.is_some() {
                     drain(c, Stream::Stderr, true);
                 }
-                let oom = c.state.cgroup_dir.as_deref().map(sys::oom_kills).unwrap_or(0) > 0;
+                let kills = c.state.cgroup_dir.as_deref().map(sys::oom_kills).unwrap_or(0);
+                let oom = kills > 0;
+                let new_oom = kills > c.oom_kills;
+                c.oom_kills = kills;
                 let exit = ExitStatus {
                     code,
                     signal: sig,
@@ -767,7 +937,7 @@ impl Server {
                 let waiters = std::mem::take(&mut c.waiters);
                 let st = c.state.clone();
                 self.persist(&id);
-                if oom {
+                if new_oom {
                     self.broadcast(&Event::OomKilled { id: id.clone() });
                 }
                 self.broadcast(&Event::Exited { id: id.clone(), exit });

@@ -19,6 +19,10 @@ use tokio::net::UnixStream;
 use crate::api::{Error, Result};
 use crate::config::SandboxId;
 
+/// How long a request may take, except those that wait for an exit. Generous: a container
+/// create on a loaded node can take seconds.
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Where a sandbox's shim listens.
 #[derive(Debug, Clone)]
 pub(crate) struct ShimClient {
@@ -73,8 +77,22 @@ impl ShimClient {
         req: &Request,
         fds: &[BorrowedFd<'_>],
     ) -> Result<(Response, Vec<OwnedFd>)> {
-        let mut c = self.open((req, fds), op).await?;
-        c.response(op).await
+        let call = async {
+            let mut c = self.open((req, fds), op).await?;
+            c.response(op).await
+        };
+        if matches!(req, Request::Wait { .. } | Request::WaitExec { .. }) {
+            return call.await;
+        }
+        // A shim that stopped answering must not hang the agent.
+        tokio::time::timeout(CALL_TIMEOUT, call).await.map_err(|_| Error::ShimIo {
+            sandbox: self.sandbox.clone(),
+            op,
+            source: io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer within {CALL_TIMEOUT:?}"),
+            ),
+        })?
     }
 
     /// A request whose only expected answer is `ok`.
@@ -87,11 +105,21 @@ impl ShimClient {
 
     /// Opens an event subscription.
     pub async fn subscribe(&self) -> Result<Conn> {
-        let mut c = self.open((&Request::Subscribe, &[]), "subscribe").await?;
-        match c.response("subscribe").await?.0 {
-            Response::Subscribed => Ok(c),
-            other => Err(unexpected(&self.sandbox, "subscribe", &other)),
-        }
+        let sub = async {
+            let mut c = self.open((&Request::Subscribe, &[]), "subscribe").await?;
+            match c.response("subscribe").await?.0 {
+                Response::Subscribed => Ok(c),
+                other => Err(unexpected(&self.sandbox, "subscribe", &other)),
+            }
+        };
+        tokio::time::timeout(CALL_TIMEOUT, sub).await.map_err(|_| Error::ShimIo {
+            sandbox: self.sandbox.clone(),
+            op: "subscribe",
+            source: io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer within {CALL_TIMEOUT:?}"),
+            ),
+        })?
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use keelson_shim_proto::cri_log::{self, LogEntry};
@@ -53,14 +54,23 @@ pub(crate) fn read_all(path: &Path, tail: Option<usize>) -> Result<(Vec<LogEntry
     Ok((out.into(), offset))
 }
 
-/// Follows the live file from `offset`: sends records as they are appended, until
-/// `done()` says the container has exited and the file has nothing more. Runs on a blocking
-/// thread; inotify wakes it for writes and rotation.
+/// Whether the write end of the `done` pipe has been closed (the container has exited).
+fn is_done(done: &OwnedFd) -> bool {
+    let mut pfd = libc::pollfd { fd: done.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n > 0 && pfd.revents & (libc::POLLHUP | libc::POLLIN) != 0
+}
+
+/// Follows the live file from `offset`: sends records as they are appended, until the write
+/// end of the pipe whose read end is `done` is closed (the container has exited, its output
+/// drained) and the file has nothing more. Runs on a blocking thread, asleep in `poll` on
+/// inotify (writes, rotation) and `done`.
 pub(crate) fn follow(
     path: PathBuf,
     mut offset: u64,
     tx: tokio::sync::mpsc::Sender<Result<LogEntry>>,
-    done: impl Fn() -> bool,
+    done: OwnedFd,
 ) {
     use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
     let dir = path.parent().map(Path::to_owned).unwrap_or_else(|| PathBuf::from("/"));
@@ -81,7 +91,7 @@ pub(crate) fn follow(
     let mut partial = Vec::new();
     loop {
         // Drain what is there.
-        let exited = done();
+        let exited = is_done(&done);
         match std::fs::File::open(&path) {
             Ok(f) => {
                 let len = f.metadata().map(|m| m.len()).unwrap_or(0);
@@ -123,15 +133,14 @@ pub(crate) fn follow(
         if tx.is_closed() {
             return;
         }
-        // Wait for a change (or a timeout to re-check `done`, which the exit may have set
-        // without writing anything).
-        let mut pfd = libc::pollfd {
-            fd: std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(&ino)),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd for the duration of the call.
-        unsafe { libc::poll(&mut pfd, 1, 250) };
+        // Sleep until the file changes or the container is done. The timeout only bounds how
+        // late a reader that went away is noticed.
+        let mut pfds = [
+            libc::pollfd { fd: ino.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: done.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        ];
+        // SAFETY: a valid array of two pollfds for the duration of the call.
+        unsafe { libc::poll(pfds.as_mut_ptr(), 2, 5000) };
         let _ = ino.read_events();
     }
 }
@@ -166,17 +175,14 @@ mod tests {
         w.write(Stream::Stdout, b"first\n").unwrap();
         let (_, off) = read_all(&p, None).unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::channel(16);
-        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let d2 = done.clone();
+        let (done_r, done_w) = nix::unistd::pipe().unwrap();
         let pp = p.clone();
-        let h = std::thread::spawn(move || {
-            follow(pp, off, tx, move || d2.load(std::sync::atomic::Ordering::SeqCst))
-        });
+        let h = std::thread::spawn(move || follow(pp, off, tx, done_r));
         w.write(Stream::Stderr, b"second\n").unwrap();
         let e = rx.blocking_recv().unwrap().unwrap();
         assert_eq!((e.stream, e.content.as_slice()), (Stream::Stderr, &b"second"[..]));
         w.write(Stream::Stdout, b"third\n").unwrap();
-        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        drop(done_w);
         let e = rx.blocking_recv().unwrap().unwrap();
         assert_eq!(e.content, b"third");
         h.join().unwrap();

@@ -22,7 +22,7 @@ mod records;
 mod stdio;
 
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::io::BufRead;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -39,7 +39,7 @@ use tokio::sync::broadcast;
 use self::client::{unexpected, ShimClient};
 use self::records::{ContainerRecord, SandboxRecord};
 use crate::api::*;
-use crate::cgroup::{CgroupSetup, Layout, PodCgroup, RealCgroupFs};
+use crate::cgroup::{CgroupFs, CgroupSetup, Layout, PodCgroup, RealCgroupFs};
 use crate::config::{ContainerConfig, ContainerId, SandboxConfig, SandboxId, StopOptions};
 use crate::network::PodNetwork;
 use crate::spec::{self, EtcFiles, NamespaceMode, SandboxNamespaces, SpecInput};
@@ -157,6 +157,32 @@ fn unmount_quiet(p: &Path) {
     }
 }
 
+/// Refuses what this runtime cannot do faithfully rather than doing something else.
+fn check_sandbox_config(id: &SandboxId, c: &SandboxConfig) -> Result<()> {
+    let refuse =
+        |reason: String| Err(Error::InvalidState { what: "sandbox", id: id.to_string(), reason });
+    if c.share_process_namespace {
+        return refuse("shareProcessNamespace is not supported yet".into());
+    }
+    for key in c.sysctls.keys() {
+        let net = key.starts_with("net.");
+        let ipc = key.starts_with("kernel.shm")
+            || key.starts_with("kernel.msg")
+            || key == "kernel.sem"
+            || key.starts_with("fs.mqueue.");
+        let bad_name = key.is_empty()
+            || key.contains('/')
+            || key.split('.').any(|p| p.is_empty() || p == "..");
+        if bad_name || !(net || ipc) {
+            return refuse(format!("sysctl {key} is not namespaced"));
+        }
+        if (net && c.host_namespaces.network) || (ipc && c.host_namespaces.ipc) {
+            return refuse(format!("sysctl {key} would change the host's namespace"));
+        }
+    }
+    Ok(())
+}
+
 /// Parses an image's `StopSignal` (`SIGTERM`, `TERM`, `15`).
 pub fn parse_signal(s: &str) -> Option<i32> {
     if let Ok(n) = s.parse::<i32>() {
@@ -164,6 +190,20 @@ pub fn parse_signal(s: &str) -> Option<i32> {
     }
     let name = s.trim().to_ascii_uppercase();
     let name = if name.starts_with("SIG") { name } else { format!("SIG{name}") };
+    // Real-time signals (systemd images stop with SIGRTMIN+3) are not in nix's enum.
+    let rt = |base: i32, rest: &str| -> Option<i32> {
+        let n = match rest {
+            "" => base,
+            r => base.checked_add(r.parse::<i32>().ok()?)?,
+        };
+        (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&n).then_some(n)
+    };
+    if let Some(rest) = name.strip_prefix("SIGRTMIN") {
+        return rt(libc::SIGRTMIN(), rest);
+    }
+    if let Some(rest) = name.strip_prefix("SIGRTMAX") {
+        return rt(libc::SIGRTMAX(), rest);
+    }
     name.parse::<nix::sys::signal::Signal>().ok().map(|s| s as i32)
 }
 
@@ -308,6 +348,27 @@ impl ShimRuntime {
         Ok((rec, client))
     }
 
+    /// Whether a sandbox other than `id` uses the pod cgroup `path`.
+    fn pod_cgroup_shared(&self, id: &SandboxId, path: &Path) -> bool {
+        lock(&self.inner.sandboxes)
+            .values()
+            .any(|s| &s.record.id != id && s.record.cgroup_path.as_deref() == Some(path))
+    }
+
+    /// After a creation that failed before the sandbox was recorded: removes the pod cgroup
+    /// it may have created, unless another sandbox of the pod uses it.
+    fn remove_unshared_pod_cgroup(&self, id: &SandboxId, config: &SandboxConfig) {
+        let (Some(cg), Some(root)) = (&self.inner.cfg.cgroup, self.v2_root()) else { return };
+        let Ok(path) = cg.layout.pod_dir(config.qos, &config.pod.uid) else { return };
+        if self.pod_cgroup_shared(id, &path) {
+            return;
+        }
+        let fs = RealCgroupFs::new(root);
+        if let Err(e) = (PodCgroup { path, limits: false }).remove(&fs) {
+            tracing::warn!(sandbox = %id, error = %e, "remove pod cgroup after failed creation");
+        }
+    }
+
     fn v2_root(&self) -> Option<&Path> {
         self.inner.cfg.cgroup.as_ref().and_then(|c| c.setup.v2_root())
     }
@@ -338,9 +399,11 @@ impl ShimRuntime {
             .map_err(|e| fail(format!("spawn {}: {e}", self.inner.cfg.shim_path.display())))?;
         drop(w);
         let status = child.wait().map_err(|e| fail(format!("wait: {e}")))?;
+        // One line (not "until EOF": a process that inherited the write end by accident must
+        // not be able to hold us up).
         let mut line = String::new();
-        std::fs::File::from(r)
-            .read_to_string(&mut line)
+        std::io::BufReader::new(std::fs::File::from(r))
+            .read_line(&mut line)
             .map_err(|e| fail(format!("read readiness: {e}")))?;
         let line = line.trim();
         match line.strip_prefix("ok ").and_then(|p| p.parse::<i32>().ok()) {
@@ -436,6 +499,7 @@ impl ShimRuntime {
         config: &SandboxConfig,
         dir: &Path,
     ) -> Result<SandboxInfo> {
+        check_sandbox_config(id, config)?;
         let host_net = config.host_namespaces.network;
         let netns_path = (!host_net).then(|| self.inner.cfg.netns_dir.join(id.as_str()));
         let (cgroup_path, limits, shim_cgroup) = match &self.inner.cfg.cgroup {
@@ -492,6 +556,7 @@ impl ShimRuntime {
             cgroup_dir: shim_cgroup,
             cgroup2_mount_over: over,
             log_file: self.inner.cfg.shim_log.clone(),
+            sysctls: config.sysctls.clone(),
         };
         let this = self.clone();
         let (id2, cfg2) = (id.clone(), shim_cfg.clone());
@@ -609,7 +674,10 @@ impl ShimRuntime {
             cgroup_limits: sb.cgroup_limits,
             etc_files: &etc,
         };
-        let spec = spec::build(&input)?;
+        let mut spec = spec::build(&input)?;
+        // libcontainer reads masked seccomp comparisons the other way round from the spec;
+        // the bundle is only ever read by libcontainer (create and exec).
+        spec::adapt_for_libcontainer(&mut spec);
         let cfg_path = bundle.join("config.json");
         spec.save(&cfg_path)
             .map_err(|e| io_err("write", &cfg_path)(std::io::Error::other(e.to_string())))?;
@@ -675,6 +743,7 @@ impl Runtime for ShimRuntime {
                 } else {
                     unmount_quiet(&dir.join("shm"));
                     let _ = remove_dir_all_quiet(&dir);
+                    self.remove_unshared_pod_cgroup(&id, &config);
                 }
                 Err(e)
             }
@@ -746,7 +815,20 @@ impl Runtime for ShimRuntime {
         }
         if let (Some(root), Some(path)) = (self.v2_root(), &record.cgroup_path) {
             let fs = RealCgroupFs::new(root);
-            PodCgroup { path: path.clone(), limits: record.cgroup_limits }.remove(&fs)?;
+            if self.pod_cgroup_shared(id, path) {
+                // Another sandbox of the same pod (a re-created sandbox) lives in this pod
+                // cgroup: remove only what was this sandbox's.
+                for rec in &recs {
+                    if let Some(dir) = &rec.cgroup_dir {
+                        let rel = dir.strip_prefix(root).unwrap_or(dir);
+                        if let Err(e) = fs.remove_dir(rel) {
+                            tracing::warn!(container = %rec.id, error = %e, "remove container cgroup");
+                        }
+                    }
+                }
+            } else {
+                PodCgroup { path: path.clone(), limits: record.cgroup_limits }.remove(&fs)?;
+            }
         }
         if let Some(shm) = &record.shm {
             unmount_quiet(shm);
@@ -1087,24 +1169,22 @@ impl Runtime for ShimRuntime {
             return Ok(Box::pin(head));
         }
         // Follow until the container has exited (and its output is drained, which the shim
-        // does before it reports the exit).
-        let exited = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // does before it reports the exit): the waiter closes `done_w` then.
+        let (done_r, done_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| io_err("pipe", &path)(e.into()))?;
         let (_, client, ready) = self.sandbox(&rec.sandbox_id)?;
         if !ready {
-            exited.store(true, std::sync::atomic::Ordering::SeqCst);
+            drop(done_w);
         } else {
-            let e2 = exited.clone();
             let cid = id.clone();
             let this = self.clone();
             tokio::spawn(async move {
                 let _ = this.wait_exit(&client, &cid).await;
-                e2.store(true, std::sync::atomic::Ordering::SeqCst);
+                drop(done_w);
             });
         }
         let (tx, rx) = tokio::sync::mpsc::channel(256);
-        tokio::task::spawn_blocking(move || {
-            logs::follow(path, offset, tx, move || exited.load(std::sync::atomic::Ordering::SeqCst))
-        });
+        tokio::task::spawn_blocking(move || logs::follow(path, offset, tx, done_r));
         let tail = tokio_stream::wrappers::ReceiverStream::new(rx);
         Ok(Box::pin(head.chain(tail)))
     }
@@ -1112,6 +1192,12 @@ impl Runtime for ShimRuntime {
     fn events(&self) -> broadcast::Receiver<RuntimeEvent> {
         self.inner.events.subscribe()
     }
+}
+
+/// The agent holds the runtime as `Arc<dyn Runtime>`: this fails to compile if that breaks.
+#[allow(dead_code)]
+fn runtime_is_object_safe(r: ShimRuntime) -> Arc<dyn Runtime> {
+    Arc::new(r)
 }
 
 struct ExecCtl {
@@ -1153,5 +1239,63 @@ impl ExecControl for ExecCtl {
         let info = ExitInfo { code: exit.code, signal: exit.signal, oom_killed: exit.oom_killed };
         self.done = Some(info);
         Ok(info)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+    use crate::config::PodMeta;
+
+    fn cfg() -> SandboxConfig {
+        SandboxConfig {
+            pod: PodMeta {
+                name: "p".into(),
+                namespace: "n".into(),
+                uid: "u".into(),
+                labels: Default::default(),
+                annotations: Default::default(),
+            },
+            hostname: "p".into(),
+            host_namespaces: Default::default(),
+            share_process_namespace: false,
+            qos: Default::default(),
+            resources: Default::default(),
+            sysctls: Default::default(),
+            log_directory: None,
+        }
+    }
+
+    #[test]
+    fn only_namespaced_sysctls_of_own_namespaces_are_accepted() {
+        let id = SandboxId::new("s").unwrap();
+        let mut c = cfg();
+        c.sysctls.insert("net.ipv4.ip_unprivileged_port_start".into(), "0".into());
+        c.sysctls.insert("kernel.shmmax".into(), "1000".into());
+        assert!(check_sandbox_config(&id, &c).is_ok());
+        for bad in ["kernel.hostname", "vm.swappiness", "net..x", "net./../../etc"] {
+            let mut c = cfg();
+            c.sysctls.insert(bad.into(), "1".into());
+            assert!(check_sandbox_config(&id, &c).is_err(), "{bad} accepted");
+        }
+        let mut c = cfg();
+        c.host_namespaces.network = true;
+        c.sysctls.insert("net.ipv4.ip_forward".into(), "1".into());
+        assert!(check_sandbox_config(&id, &c).is_err(), "host network sysctl accepted");
+        let mut c = cfg();
+        c.share_process_namespace = true;
+        assert!(check_sandbox_config(&id, &c).is_err());
+    }
+
+    #[test]
+    fn stop_signals_parse_in_every_spelling() {
+        assert_eq!(parse_signal("SIGTERM"), Some(libc::SIGTERM));
+        assert_eq!(parse_signal("quit"), Some(libc::SIGQUIT));
+        assert_eq!(parse_signal("SIGRTMIN+3"), Some(libc::SIGRTMIN() + 3));
+        assert_eq!(parse_signal("RTMAX-1"), Some(libc::SIGRTMAX() - 1));
+        assert_eq!(parse_signal("SIGRTMAX+1"), None);
+        assert_eq!(parse_signal("9"), Some(libc::SIGKILL));
+        assert_eq!(parse_signal("SIGNOPE"), None);
     }
 }

@@ -343,7 +343,7 @@ mod tests {
 
     #[test]
     fn cpio_reader_rejects_garbage_and_truncation() {
-        assert!(read(b"not a cpio archive at all, not at all, no no no no no no no no no no no no no no no no no no no no no no no no no").is_err());
+        assert!(read(&[b'x'; 200]).is_err(), "garbage");
         let bytes = sample();
         assert!(read(&bytes[..bytes.len() - 20]).is_err(), "missing trailer is an error");
     }

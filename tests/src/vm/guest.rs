@@ -21,9 +21,12 @@ pub const CONFIG_PATH: &str = "/keelson/vm.json";
 pub const CONFIG_VERSION: u32 = 1;
 /// Printed by the init as soon as it starts.
 pub const INIT_MARKER: &str = "KEELSON-VMINIT-STARTED";
-/// Starts the line that carries the payload's result: `exit=<code>`, `signal=<number>` or
-/// `error=<message>` (the init itself failed).
+/// Starts the line that carries the payload's result: `nonce=<the run's nonce>`, then
+/// `exit=<code>`, `signal=<number>` or `error=<message>` (the init itself failed).
 pub const RESULT_MARKER: &str = "KEELSON-VM-RESULT";
+/// The kernel command line argument that carries the run's nonce (a value the host picks per
+/// run, so that only the init's own marker line counts).
+pub const NONCE_ARG: &str = "keelson.nonce=";
 
 /// What the init does, written by the host into the initramfs at [`CONFIG_PATH`].
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -52,22 +55,22 @@ pub enum GuestResult {
 }
 
 impl GuestResult {
-    /// The marker line for this result (without newline).
-    pub fn line(&self) -> String {
-        match self {
-            GuestResult::Exited(code) => format!("{RESULT_MARKER} exit={code}"),
-            GuestResult::Signaled(sig) => format!("{RESULT_MARKER} signal={sig}"),
-            GuestResult::InitError(msg) => {
-                format!("{RESULT_MARKER} error={}", msg.replace('\n', " "))
-            }
-        }
+    /// The marker line for this result (without newline), carrying the run's nonce.
+    pub fn line(&self, nonce: &str) -> String {
+        let what = match self {
+            GuestResult::Exited(code) => format!("exit={code}"),
+            GuestResult::Signaled(sig) => format!("signal={sig}"),
+            GuestResult::InitError(msg) => format!("error={}", msg.replace('\n', " ")),
+        };
+        format!("{RESULT_MARKER} nonce={nonce} {what}")
     }
 
-    /// Finds and parses a marker line in one line of serial output (which may carry kernel
-    /// output before it on the same line).
-    pub fn parse(line: &str) -> Option<GuestResult> {
-        let rest = &line[line.find(RESULT_MARKER)? + RESULT_MARKER.len()..];
-        let rest = rest.trim();
+    /// Finds and parses the marker line of the run with `nonce` in one line of serial output
+    /// (which may carry kernel output before it on the same line). A marker with another or no
+    /// nonce (a payload printing such a line, say) is not a result.
+    pub fn parse(line: &str, nonce: &str) -> Option<GuestResult> {
+        let prefix = format!("{RESULT_MARKER} nonce={nonce} ");
+        let rest = line[line.find(&prefix)? + prefix.len()..].trim();
         if let Some(code) = rest.strip_prefix("exit=") {
             code.trim().parse().ok().map(GuestResult::Exited)
         } else if let Some(sig) = rest.strip_prefix("signal=") {
@@ -96,7 +99,7 @@ pub fn init_main() -> ! {
         Err(msg) => GuestResult::InitError(msg),
     };
     // A newline first: kernel messages may have left a partial line on the console.
-    say(&format!("\n{}", result.line()));
+    say(&format!("\n{}", result.line(&cmdline_nonce())));
     // SAFETY: sync has no preconditions.
     unsafe { libc::sync() };
     // SAFETY: reboot with LINUX_REBOOT_CMD_POWER_OFF only ends the VM; as PID 1 with
@@ -106,6 +109,17 @@ pub fn init_main() -> ! {
     loop {
         std::thread::sleep(std::time::Duration::from_secs(3600));
     }
+}
+
+/// The run's nonce, from `keelson.nonce=` on the kernel command line (`/proc` is mounted by
+/// then, unless mounting failed: then the host sees no result and keeps the log).
+fn cmdline_nonce() -> String {
+    std::fs::read_to_string("/proc/cmdline")
+        .ok()
+        .and_then(|c| {
+            c.split_whitespace().find_map(|w| w.strip_prefix(NONCE_ARG).map(str::to_owned))
+        })
+        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 fn say(line: &str) {
@@ -253,13 +267,24 @@ mod tests {
             GuestResult::Signaled(9),
             GuestResult::InitError("mounting x: EPERM".into()),
         ] {
-            assert_eq!(GuestResult::parse(&r.line()), Some(r.clone()));
+            assert_eq!(GuestResult::parse(&r.line("n1"), "n1"), Some(r.clone()));
             // Kernel output glued before the marker on the same console line.
-            assert_eq!(GuestResult::parse(&format!("[  3.1] oom-kill{}", r.line())), Some(r));
+            assert_eq!(
+                GuestResult::parse(&format!("[  3.1] oom-kill{}", r.line("n1")), "n1"),
+                Some(r)
+            );
         }
-        assert_eq!(GuestResult::parse("test result: ok"), None);
-        assert_eq!(GuestResult::parse(&format!("{RESULT_MARKER} exit=x")), None);
+        assert_eq!(GuestResult::parse("test result: ok", "n1"), None);
+        assert_eq!(GuestResult::parse(&format!("{RESULT_MARKER} nonce=n1 exit=x"), "n1"), None);
         assert!(GuestResult::Exited(0).success());
         assert!(!GuestResult::Exited(1).success());
+    }
+
+    #[test]
+    fn marker_of_another_run_or_without_nonce_is_not_a_result() {
+        let line = GuestResult::Exited(0).line("n1");
+        assert_eq!(GuestResult::parse(&line, "n2"), None);
+        assert_eq!(GuestResult::parse(&format!("{RESULT_MARKER} exit=0"), "n1"), None);
+        assert_eq!(GuestResult::parse(&GuestResult::Exited(0).line("n10"), "n1"), None);
     }
 }

@@ -226,7 +226,18 @@ impl Initramfs {
     /// Adds a host executable at `guest` together with its dynamic loader and shared
     /// libraries (as `ldd` lists them), each at its host path.
     pub fn add_host_binary(&mut self, host: &Path, guest: &str) -> Result<&mut Self> {
-        self.add_host_file(host, guest)?;
+        self.add_host_binary_as(host, host, guest)
+    }
+
+    /// [`Initramfs::add_host_binary`] with the content taken from `content` (a stripped copy,
+    /// say) and the libraries from what `host` needs.
+    pub fn add_host_binary_as(
+        &mut self,
+        host: &Path,
+        content: &Path,
+        guest: &str,
+    ) -> Result<&mut Self> {
+        self.add_host_file(content, guest)?;
         for lib in shared_libraries(host)? {
             let guest_lib = lib.to_str().ok_or_else(|| Error::Libraries {
                 binary: host.to_owned(),

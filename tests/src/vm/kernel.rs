@@ -10,10 +10,10 @@
 //!   `payload_length`, protocol 2.08+) or, failing that, by scanning for a compression magic,
 //!   then decompressed (Debian 6.12 uses zstd; xz and gzip are understood too) and checked to
 //!   be an x86_64 ELF with a PVH entry note.
-//! - `Image` (aarch64): the uncompressed arm64 kernel image, Debian's `vmlinuz` being a gzip of
-//!   it.
-//! - `modules/<path>.ko`: decompressed copies of the modules a VM asks for (the init loads them
-//!   with `finit_module`; loading `.ko.xz` in the guest costs three times as long under TCG).
+//! - `Image` (aarch64): the uncompressed arm64 kernel image, checked by its magic (Debian's
+//!   6.12 arm64 `vmlinuz` already is one; a gzip of one is understood too).
+//! - `modules/<stamp>/<path>.ko`: decompressed copies of the modules a VM asks for (the init
+//!   loads them with `finit_module`; loading `.ko.xz` in the guest is three times slower).
 //! - `modinfo.json`: the `.modinfo` of every module of the release (built on first need: reading
 //!   all of them takes seconds), for alias lookups.
 //!
@@ -177,7 +177,8 @@ impl Kernel {
     /// The image qemu boots with `-kernel`: the extracted `vmlinux` (x86_64) or `Image`
     /// (aarch64), prepared on first use.
     pub fn boot_image(&self) -> Result<PathBuf> {
-        let (name, extract): (&str, fn(&[u8]) -> Result<Vec<u8>, String>) = match self.arch {
+        type Extract = fn(&[u8]) -> Result<Vec<u8>, String>;
+        let (name, extract): (&str, Extract) = match self.arch {
             Arch::X86_64 => ("vmlinux", extract_vmlinux),
             Arch::Aarch64 => ("Image", extract_arm64_image),
         };
@@ -243,6 +244,8 @@ struct PackageModules<'k> {
     /// Normalized name -> path relative to the module dir.
     files: BTreeMap<String, PathBuf>,
     builtin: BTreeSet<String>,
+    /// Where decompressed modules of this package go.
+    modules_cache: PathBuf,
     infos: BTreeMap<String, ModInfo>,
     index: Option<ModuleSet>,
 }
@@ -266,19 +269,19 @@ impl<'k> PackageModules<'k> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeSet::new(),
             Err(e) => return Err(io_err("reading", &builtin_path)(e)),
         };
-        // Decompressed copies from another package of the same release are stale.
+        // Decompressed copies live in a directory named after the package's stamp, so a new
+        // package of the same release never sees stale ones and nothing needs removing while
+        // another test process may be reading.
         let stamp = kernel.source_stamp()?;
-        let stamp_path = kernel.cache_dir.join("modules.source");
-        if !fs::read_to_string(&stamp_path).is_ok_and(|s| s == stamp) {
-            let dir = kernel.cache_dir.join("modules");
-            match fs::remove_dir_all(&dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err("removing stale modules", &dir)(e)),
-            }
-            write_atomic(&stamp_path, stamp.as_bytes())?;
-        }
-        Ok(PackageModules { kernel, files, builtin, infos: BTreeMap::new(), index: None })
+        let modules_cache = kernel.cache_dir.join("modules").join(stamp.trim().replace(' ', "-"));
+        Ok(PackageModules {
+            kernel,
+            files,
+            builtin,
+            modules_cache,
+            infos: BTreeMap::new(),
+            index: None,
+        })
     }
 
     fn read_module(&self, rel: &Path) -> Result<Vec<u8>> {
@@ -312,7 +315,7 @@ impl<'k> PackageModules<'k> {
         let rel_str = rel.to_string_lossy();
         let plain =
             rel_str.trim_end_matches(".xz").trim_end_matches(".zst").trim_end_matches(".gz");
-        let out = self.kernel.cache_dir.join("modules").join(plain);
+        let out = self.modules_cache.join(plain);
         if !out.is_file() {
             write_atomic(&out, &self.read_module(rel)?)?;
         }
@@ -569,7 +572,7 @@ pub fn check_pvh_elf(elf: &[u8]) -> Result<(), String> {
     Err("no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY): qemu cannot boot it directly".to_owned())
 }
 
-/// Extracts the arm64 `Image` from Debian's arm64 `vmlinuz` (a gzip of it, or already plain).
+/// Extracts the arm64 `Image` from Debian's arm64 `vmlinuz` (plain in 6.12, or a gzip of it).
 pub fn extract_arm64_image(vmlinuz: &[u8]) -> Result<Vec<u8>, String> {
     let image = match Compression::detect(vmlinuz) {
         Some(c) => c.decompress(vmlinuz)?,

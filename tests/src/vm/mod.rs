@@ -2,7 +2,7 @@
 //!
 //! # Writing a VM test
 //!
-//! A test in `tests/tests/*.rs` (crate `keelson-tests`) starts with [`vm_test!`]:
+//! A test in `tests/tests/*.rs` (crate `keelson-tests`) starts with [`vm_test!`](crate::vm_test):
 //!
 //! ```ignore
 //! use keelson_tests::vm::VmOptions;
@@ -35,16 +35,30 @@
 //!   modules with their dependency closure ([`modules`]), uncompressed, in load order, and
 //!   whatever files, binaries (with their libraries) and directory trees the test adds through
 //!   [`VmOptions`] (the shim binary, an OCI image layout, ...);
-//! - qemu, TCG, `-M q35` (see [`qemu::Machine`] for why not microvm), 2 CPUs, 1 GiB, no network device, serial console to a log
-//!   ([`qemu`]). The log is deleted when the test passes and kept (its path printed) when it
-//!   fails; `KEELSON_VM_KEEP_LOGS=1` keeps every log. Logs live in `$KEELSON_VM_LOGS`, default
-//!   `<temp dir>/keelson-vm-logs`.
+//! - qemu, TCG, `-M q35` (see [`qemu::Machine`] for why not microvm), 2 CPUs, 1 GiB, no network
+//!   device, serial console to a log ([`qemu`]).
+//!
+//! A test adds what it needs with the [`VmOptions`] builder: `.binary(path, "/usr/bin/x")` for
+//! a host executable with its shared libraries (the shim: [`target_binary`] finds binaries of
+//! other workspace crates in the same target dir, once cargo has built them), `.tree(dir,
+//! "/images/busybox")` for a directory (an OCI layout), `.file`, `.bytes`, `.env`, `.module`.
+//!
+//! Logs: the serial log is deleted when the test passes and kept (its path printed) when it
+//! fails. `KEELSON_VM_KEEP_LOGS=1` keeps every log and initramfs (the log's first line is the
+//! qemu command line, to reproduce a run by hand); `KEELSON_VM_KERNEL_ARGS` adds kernel
+//! arguments to every VM (`loglevel=7` to see what `quiet` hides). Logs live in
+//! `$KEELSON_VM_LOGS`, default `<temp dir>/keelson-vm-logs-<uid>`.
+//!
+//! The tier needs no root on the host (TCG, no devices): only the kernel cache, which the first
+//! run prepares (about 15 s: `vmlinux` and the module index) and later runs reuse.
 //!
 //! The guest's marker line decides: the payload's exit status must be 0, and for a test, libtest
 //! must report exactly one test passed (so a misspelt name cannot pass by running nothing).
 //!
-//! x86_64 only for now: the test binaries are x86_64. [`kernel`] prepares the arm64 `Image`
-//! too; booting it needs an arm64 build of the init and the test, which later issues add.
+//! Test binaries are x86_64, so `vm_test!` runs x86_64 guests. [`VmOptions::arch`] boots an
+//! aarch64 guest (`-M virt -cpu cortex-a57`, Debian's arm64 kernel) with an init built for it;
+//! `tests/tests/vm.rs` proves the path with a small static C init cross-compiled by the test.
+//! Running Rust tests in an arm64 guest needs the arm64 Rust cross build (TOOLCHAIN.md).
 
 pub mod cpio;
 pub mod guest;
@@ -133,7 +147,11 @@ pub fn in_vm() -> bool {
 
 /// `None` when this machine can run VMs (qemu and the kernel cache are there), else why not.
 pub fn available() -> Option<String> {
-    let arch = Arch::host();
+    available_for(Arch::host())
+}
+
+/// [`available`] for guests of `arch`.
+pub fn available_for(arch: Arch) -> Option<String> {
     if qemu::find_in_path(arch.qemu()).is_none() {
         return Some(format!("{} not found (run dev/setup)", arch.qemu()));
     }
@@ -184,6 +202,9 @@ pub struct VmOptions {
     pub memory_mib: u32,
     /// Guest CPUs (default 2).
     pub cpus: u32,
+    /// Guest architecture (default: the host's, which is what test binaries are built for;
+    /// another one needs an init and payload built for it).
+    pub arch: Arch,
     /// x86_64 machine type (default q35, see [`qemu::Machine`]).
     pub machine: qemu::Machine,
     /// Kernel modules to load, by name or alias; their closure is loaded in order.
@@ -207,6 +228,7 @@ impl Default for VmOptions {
             timeout: Duration::from_secs(120),
             memory_mib: 1024,
             cpus: 2,
+            arch: Arch::host(),
             machine: qemu::Machine::default(),
             modules: Vec::new(),
             controllers: ["cpu", "memory", "pids", "io"].map(String::from).to_vec(),
@@ -228,6 +250,12 @@ impl VmOptions {
     /// Sets the guest memory.
     pub fn memory_mib(mut self, mib: u32) -> Self {
         self.memory_mib = mib;
+        self
+    }
+
+    /// Sets the guest architecture.
+    pub fn arch(mut self, arch: Arch) -> Self {
+        self.arch = arch;
         self
     }
 
@@ -288,15 +316,16 @@ impl VmOptions {
         if let Some(p) = std::env::var_os("KEELSON_VMINIT") {
             return Ok(PathBuf::from(p));
         }
-        let exe = std::env::current_exe().map_err(Error::CurrentExe)?;
-        // target/<profile>/deps/<test>-<hash> -> target/<profile>/keelson-vminit
-        let guess = exe
-            .parent()
-            .and_then(Path::parent)
-            .map(|d| d.join("keelson-vminit"))
-            .unwrap_or_else(|| PathBuf::from("keelson-vminit"));
-        Ok(guess)
+        target_binary("keelson-vminit")
     }
+}
+
+/// The path of the workspace binary `name` in the running test's target dir:
+/// `target/<profile>/deps/<test>-<hash>` -> `target/<profile>/<name>`. The binary is there only
+/// once cargo has built it (it does so for the binaries of the test's own package).
+pub fn target_binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe().map_err(Error::CurrentExe)?;
+    Ok(exe.parent().and_then(Path::parent).map_or_else(|| PathBuf::from(name), |d| d.join(name)))
 }
 
 /// What a successful VM run reports.
@@ -322,7 +351,7 @@ pub struct VmReport {
 /// binaries must be in `opts.files`; [`run_test_in_vm`] adds the test binary itself.
 pub fn run_in_vm(label: &str, argv: &[String], opts: &VmOptions) -> Result<VmReport> {
     let prepare_started = std::time::Instant::now();
-    let arch = Arch::host();
+    let arch = opts.arch;
     let kernel = Kernel::find(arch)?;
     let image = kernel.boot_image()?;
     let names: Vec<&str> = opts.modules.iter().map(String::as_str).collect();
@@ -332,8 +361,9 @@ pub fn run_in_vm(label: &str, argv: &[String], opts: &VmOptions) -> Result<VmRep
     if !init.is_file() {
         return Err(Error::NoInit(init));
     }
+    let work = tempfile::Builder::new().prefix("keelson-vm-").tempdir().map_err(Error::TempDir)?;
     let mut fs = initramfs::Initramfs::new();
-    fs.add_host_binary(&init, "/init")?;
+    fs.add_host_binary_as(&init, &stripped(&init, work.path()), "/init")?;
     fs.add_bytes("/etc/passwd", "root:x:0:0:root:/root:/bin/sh\n", 0o644)?;
     fs.add_bytes("/etc/group", "root:x:0:\n", 0o644)?;
     let mut module_paths = Vec::new();
@@ -345,7 +375,9 @@ pub fn run_in_vm(label: &str, argv: &[String], opts: &VmOptions) -> Result<VmRep
     for f in &opts.files {
         match f {
             GuestFile::File { host, guest } => fs.add_host_file(host, guest)?,
-            GuestFile::Binary { host, guest } => fs.add_host_binary(host, guest)?,
+            GuestFile::Binary { host, guest } => {
+                fs.add_host_binary_as(host, &stripped(host, work.path()), guest)?
+            }
             GuestFile::Tree { host, guest } => fs.add_host_tree(host, guest)?,
             GuestFile::Bytes { guest, data, mode } => fs.add_bytes(guest, data.clone(), *mode)?,
         };
@@ -367,7 +399,6 @@ pub fn run_in_vm(label: &str, argv: &[String], opts: &VmOptions) -> Result<VmRep
     let json = serde_json::to_vec_pretty(&config).expect("the guest config always serializes");
     fs.add_bytes(guest::CONFIG_PATH, json, 0o644)?;
 
-    let work = tempfile::Builder::new().prefix("keelson-vm-").tempdir().map_err(Error::TempDir)?;
     let initrd = work.path().join("initramfs.cpio");
     fs.write(&initrd)?;
     let initramfs_bytes = std::fs::metadata(&initrd).map(|m| m.len()).unwrap_or(0);
@@ -378,12 +409,25 @@ pub fn run_in_vm(label: &str, argv: &[String], opts: &VmOptions) -> Result<VmRep
         arch,
         kernel: image,
         initrd,
-        append: opts.kernel_args.clone(),
+        append: opts
+            .kernel_args
+            .iter()
+            .cloned()
+            .chain(
+                std::env::var("KEELSON_VM_KERNEL_ARGS")
+                    .ok()
+                    .iter()
+                    .flat_map(|a| a.split_whitespace().map(str::to_owned).collect::<Vec<_>>()),
+            )
+            .collect(),
         memory_mib: opts.memory_mib,
         cpus: opts.cpus,
         machine: opts.machine,
         timeout: opts.timeout,
         log: log.clone(),
+        exit_grace: qemu::EXIT_GRACE,
+        program: None,
+        nonce: qemu::new_nonce(),
     })?;
     let report = VmReport {
         kernel_release: kernel.release.clone(),
@@ -409,10 +453,40 @@ pub fn run_in_vm(label: &str, argv: &[String], opts: &VmOptions) -> Result<VmRep
         Some(result) if !result.success() => Err(Error::Failed { result, log: log.clone() }),
         Some(_) => Ok(report),
     };
-    if verdict.is_ok() && !keep_logs() {
+    if keep_logs() {
+        // For reproducing by hand: the log's first line is the qemu command, naming this file.
+        let kept = work.keep();
+        eprintln!("kept serial log {} and initramfs in {}", log.display(), kept.display());
+    } else if verdict.is_ok() {
         let _ = std::fs::remove_file(&log);
     }
     verdict
+}
+
+/// A copy of `binary` without debug sections in `dir` (`objcopy --strip-debug`), or `binary`
+/// itself if that fails or `KEELSON_VM_DEBUGINFO=1`. Debug info is most of a debug build's
+/// size (21 MB -> 4 MB for a test binary) and unpacking the initramfs under TCG costs about a
+/// second per 30 MB; panics still name file and line, backtraces still name functions.
+fn stripped(binary: &Path, dir: &Path) -> PathBuf {
+    if std::env::var("KEELSON_VM_DEBUGINFO").is_ok_and(|v| v == "1") {
+        return binary.to_owned();
+    }
+    let name = binary.file_name().map_or_else(|| "binary".into(), |n| n.to_os_string());
+    let out = dir.join("stripped").join(name);
+    let ok = std::fs::create_dir_all(dir.join("stripped")).is_ok()
+        && !out.exists()
+        && std::process::Command::new("objcopy")
+            .arg("--strip-debug")
+            .arg(binary)
+            .arg(&out)
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if ok {
+        out
+    } else {
+        tracing::debug!(binary = %binary.display(), "not stripped: objcopy failed or name taken");
+        binary.to_owned()
+    }
 }
 
 /// Runs the test `name` of the module `module_path` (as `module_path!()` gives it: the crate
@@ -458,7 +532,7 @@ impl VmOptions {
 }
 
 /// The libtest name of a test from the type name of a function item defined inside it
-/// (`vm::some_test::__here` -> `some_test`): what [`vm_test!`] uses.
+/// (`vm::some_test::__here` -> `some_test`): what [`vm_test!`](crate::vm_test) uses.
 pub fn test_name_from_marker_fn(type_name: &str) -> String {
     let inner = type_name.rsplit_once("::").map_or(type_name, |(path, _marker)| path);
     inner.split_once("::").map_or(inner, |(_crate, rest)| rest).to_owned()
@@ -469,8 +543,10 @@ fn keep_logs() -> bool {
 }
 
 fn log_path(label: &str) -> PathBuf {
-    let dir = std::env::var_os("KEELSON_VM_LOGS")
-        .map_or_else(|| std::env::temp_dir().join("keelson-vm-logs"), PathBuf::from);
+    let dir = std::env::var_os("KEELSON_VM_LOGS").map_or_else(
+        || std::env::temp_dir().join(format!("keelson-vm-logs-{}", nix::unistd::getuid())),
+        PathBuf::from,
+    );
     let safe: String = label
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
@@ -482,10 +558,13 @@ fn log_path(label: &str) -> PathBuf {
 }
 
 /// Makes the rest of the calling `#[test]` function run inside a VM (see the [module
-/// docs](crate::vm)). Takes a [`VmOptions`]. Usable in the integration tests of
-/// `keelson-tests`, which build the `keelson-vminit` binary.
+/// docs](crate::vm)). Takes a [`VmOptions`], default if left out. Usable in the integration
+/// tests of `keelson-tests`, which build the `keelson-vminit` binary.
 #[macro_export]
 macro_rules! vm_test {
+    () => {
+        $crate::vm_test!($crate::vm::VmOptions::default())
+    };
     ($opts:expr) => {
         if !$crate::vm::in_vm() {
             $crate::require!($crate::Tier::Vm, $crate::vm::available());

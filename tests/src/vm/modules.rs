@@ -320,7 +320,11 @@ mod tests {
 
     #[test]
     fn modinfo_section_parses_depends_softdeps_and_aliases() {
-        let section = b"license=GPL\0softdep=pre: crc32c post: foo-bar\0depends=a,b-c\0\0alias=crypto-crc32c\0alias=fs-*\0name=lib-crc\0vermagic=6.12\0";
+        let section = concat!(
+            "license=GPL\0softdep=pre: crc32c post: foo-bar\0depends=a,b-c\0\0",
+            "alias=crypto-crc32c\0alias=fs-*\0name=lib-crc\0vermagic=6.12\0"
+        )
+        .as_bytes();
         let info = ModInfo::parse("libcrc32c", section);
         assert_eq!(info.name, "lib_crc");
         assert_eq!(info.depends, ["a", "b_c"]);

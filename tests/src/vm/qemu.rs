@@ -17,11 +17,11 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use super::guest::{GuestResult, INIT_MARKER};
+use super::guest::{GuestResult, INIT_MARKER, NONCE_ARG};
 use super::kernel::Arch;
 
-/// How long qemu may take to exit by itself after the guest printed its result.
-const EXIT_GRACE: Duration = Duration::from_secs(10);
+/// How long qemu may take by default to exit by itself after the guest printed its result.
+pub const EXIT_GRACE: Duration = Duration::from_secs(10);
 
 /// Errors of running qemu.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +88,23 @@ pub struct QemuConfig {
     pub timeout: Duration,
     /// Where the serial console (and qemu's stderr, prefixed) is written.
     pub log: PathBuf,
+    /// How long qemu may take to exit by itself after the guest printed its result.
+    pub exit_grace: Duration,
+    /// The emulator to run instead of `arch`'s qemu from `PATH` (tests use a fake).
+    pub program: Option<PathBuf>,
+    /// This run's nonce: passed as `keelson.nonce=` on the kernel command line; only a result
+    /// line carrying it counts (see [`GuestResult::parse`]).
+    pub nonce: String,
+}
+
+/// A nonce for one run: unique enough to tell runs apart, not a secret.
+pub fn new_nonce() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{:x}{nanos:08x}{:x}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
 /// What a run produced.
@@ -129,7 +146,12 @@ pub fn qemu_args(cfg: &QemuConfig) -> Vec<String> {
         },
         Arch::Aarch64 => ("virt", "cortex-a57", "ttyAMA0"),
     };
-    let mut append = vec![format!("console={console}"), "panic=-1".to_owned(), "quiet".to_owned()];
+    let mut append = vec![
+        format!("console={console}"),
+        "panic=-1".to_owned(),
+        "quiet".to_owned(),
+        format!("{NONCE_ARG}{}", cfg.nonce),
+    ];
     append.extend(cfg.append.iter().cloned());
     let mut args: Vec<String> = [
         "-accel",
@@ -201,7 +223,10 @@ fn pump(read: impl Read, tx: mpsc::Sender<(Instant, Line)>, wrap: fn(Vec<u8>) ->
 /// Boots the guest and waits for it (see the module docs).
 pub fn run(cfg: &QemuConfig) -> Result<Outcome> {
     let binary = cfg.arch.qemu();
-    let program = find_in_path(binary).ok_or(Error::Missing { binary })?;
+    let program = match &cfg.program {
+        Some(p) => p.clone(),
+        None => find_in_path(binary).ok_or(Error::Missing { binary })?,
+    };
     let log_err = |source| Error::Log { path: cfg.log.clone(), source };
     if let Some(dir) = cfg.log.parent() {
         std::fs::create_dir_all(dir).map_err(log_err)?;
@@ -266,10 +291,10 @@ pub fn run(cfg: &QemuConfig) -> Result<Outcome> {
                     outcome.init_started = Some(at - start);
                 }
                 if outcome.result.is_none() {
-                    if let Some(result) = GuestResult::parse(&text) {
+                    if let Some(result) = GuestResult::parse(&text, &cfg.nonce) {
                         outcome.result = Some(result);
                         outcome.result_at = Some(at - start);
-                        deadline = deadline.min(Instant::now() + EXIT_GRACE);
+                        deadline = deadline.min(Instant::now() + cfg.exit_grace);
                     }
                 }
                 outcome.transcript.push_str(&text);
@@ -307,4 +332,132 @@ pub fn run(cfg: &QemuConfig) -> Result<Outcome> {
         writeln!(log, "\n# killed at the {:?} timeout", cfg.timeout).map_err(log_err)?;
     }
     Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A config that runs `script` (a shell script standing in for qemu) instead of qemu.
+    fn fake(dir: &Path, script: &str, timeout: Duration) -> QemuConfig {
+        let program = dir.join("fake-qemu");
+        std::fs::write(&program, format!("#!/bin/sh\n{script}\n")).expect("write fake");
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        QemuConfig {
+            arch: Arch::X86_64,
+            kernel: dir.join("vmlinux"),
+            initrd: dir.join("initrd"),
+            append: vec!["extra=1".to_owned()],
+            memory_mib: 256,
+            cpus: 1,
+            machine: Machine::Q35,
+            timeout,
+            log: dir.join("serial.log"),
+            exit_grace: Duration::from_millis(500),
+            program: Some(program),
+            nonce: "n1".to_owned(),
+        }
+    }
+
+    fn gone(pid: u32) -> bool {
+        // Reaped by the runner: no /proc entry (pids are not reused this quickly).
+        !Path::new(&format!("/proc/{pid}")).exists()
+    }
+
+    #[test]
+    fn qemu_command_line_has_no_network_and_no_reboot() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let args = qemu_args(&fake(dir.path(), "", Duration::from_secs(1)));
+        let joined = args.join(" ");
+        for want in [
+            "-accel tcg",
+            "-M q35",
+            "-nodefaults",
+            "-no-reboot",
+            "-serial stdio",
+            "-m 256",
+            "-smp 1",
+        ] {
+            assert!(joined.contains(want), "{want} missing: {joined}");
+        }
+        assert!(!joined.contains("-net") && !joined.contains("-device"), "{joined}");
+        let append = args.last().expect("append");
+        assert_eq!(append, "console=ttyS0 panic=-1 quiet keelson.nonce=n1 extra=1");
+    }
+
+    #[test]
+    fn runner_reads_markers_and_logs_the_serial_console() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let script = "echo booting; echo KEELSON-VMINIT-STARTED; echo oops >&2; echo 'KEELSON-VM-RESULT nonce=n1 exit=3'";
+        let out = run(&fake(dir.path(), script, Duration::from_secs(20))).expect("run");
+        assert_eq!(out.result, Some(GuestResult::Exited(3)));
+        assert!(out.init_started.is_some() && out.result_at.is_some());
+        assert!(!out.timed_out);
+        assert!(out.qemu_status.is_some_and(|s| s.success()));
+        let log = std::fs::read_to_string(dir.path().join("serial.log")).expect("log");
+        assert!(log.contains("booting\n") && log.contains("qemu: oops\n"), "{log}");
+        assert!(out.transcript.contains("KEELSON-VM-RESULT nonce=n1 exit=3"));
+        assert!(gone(out.qemu_pid));
+    }
+
+    #[test]
+    fn runner_kills_a_silent_guest_at_the_deadline() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let started = Instant::now();
+        let out = run(&fake(
+            dir.path(),
+            "echo KEELSON-VMINIT-STARTED; exec sleep 600",
+            Duration::from_secs(1),
+        ))
+        .expect("run");
+        assert!(out.timed_out && out.result.is_none());
+        assert!(out.init_started.is_some());
+        assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+        assert!(gone(out.qemu_pid), "the fake qemu survived");
+        let log = std::fs::read_to_string(dir.path().join("serial.log")).expect("log");
+        assert!(log.contains("killed at the 1s timeout"), "{log}");
+    }
+
+    #[test]
+    fn runner_kills_a_guest_that_does_not_power_off_after_its_result() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let started = Instant::now();
+        let out = run(&fake(
+            dir.path(),
+            "echo 'KEELSON-VM-RESULT nonce=n1 exit=0'; exec sleep 600",
+            Duration::from_secs(60),
+        ))
+        .expect("run");
+        assert_eq!(out.result, Some(GuestResult::Exited(0)));
+        assert!(!out.timed_out, "a result arrived: not a timeout");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "waited {:?} instead of the grace",
+            started.elapsed()
+        );
+        assert!(gone(out.qemu_pid));
+    }
+
+    #[test]
+    fn runner_ignores_a_result_line_of_another_run() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let script = "echo 'KEELSON-VM-RESULT nonce=other exit=0'; echo 'KEELSON-VM-RESULT exit=0'";
+        let out = run(&fake(dir.path(), script, Duration::from_secs(20))).expect("run");
+        assert_eq!(out.result, None, "a marker without this run's nonce was taken");
+    }
+
+    #[test]
+    fn nonces_differ_between_runs() {
+        assert_ne!(new_nonce(), new_nonce());
+    }
+
+    #[test]
+    fn missing_qemu_is_a_clear_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cfg = fake(dir.path(), "", Duration::from_secs(1));
+        cfg.program = Some(dir.path().join("no-such-qemu"));
+        let err = run(&cfg).expect_err("no program");
+        assert!(matches!(err, Error::Spawn { .. }), "{err}");
+    }
 }
