@@ -566,11 +566,11 @@ fn container_cpu_limit_throttles_in_vm() {
             g.check_placement(&id).await?;
             let cg = g.container_cgroup(&id);
             ensure!(read(&cg, "cpu.max")? == "20000 100000", "cpu.max of {id}");
-            // The request defaults to the limit: 204 shares. libcgroups 0.7 converts shares to
-            // cpu.weight with runc's newer formula (1024 shares -> weight 100), not with
-            // `convert::cpu_weight` (runc's older linear one, used for pod cgroups).
+            // The request defaults to the limit: 204 shares. libcgroups converts them to
+            // cpu.weight; our pod cgroups use the same conversion, so the two must agree.
             let weight: u64 = read(&cg, "cpu.weight")?.parse()?;
-            ensure!(weight > 1 && weight < 100, "cpu.weight {weight} for a request of 200m");
+            let ours = keelson_runtime::cgroup::convert::cpu_weight(Some(200));
+            ensure!(weight == ours, "cpu.weight {weight} for a request of 200m, ours {ours}");
             let before = field(&cg, "cpu.stat", "usage_usec")?;
             let started = Instant::now();
             g.release(&id).await?;
