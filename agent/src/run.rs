@@ -8,7 +8,6 @@
 //! filesystem at the end, also when interrupted (the caller's `interrupt` future, e.g. Ctrl-C).
 //! The result is the container's exit code (128 + signal when killed).
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,9 +17,7 @@ use keelson_runtime::api::{
     ContainerImage, ContainerState, LogOptions, LogStreamKind, Rootfs, Runtime, RuntimeEvent,
 };
 use keelson_runtime::cgroup::{detect_host, Layout};
-use keelson_runtime::config::{
-    ContainerConfig, ContainerId, PodMeta, SandboxConfig, SandboxId, SecurityContext,
-};
+use keelson_runtime::config::{ContainerConfig, ContainerId, PodMeta, SandboxConfig, SandboxId};
 use keelson_runtime::image::{self, Image, ImageStore, ImportOptions, PullOptions, RegistryAuth};
 use keelson_runtime::network::NoNetwork;
 use keelson_runtime::sandbox::{CgroupConfig, RuntimeConfig, ShimRuntime};
@@ -183,41 +180,13 @@ pub fn runtime_config(paths: &Paths) -> Result<RuntimeConfig> {
 }
 
 fn pod_config(name: &str, uid: &str) -> SandboxConfig {
-    SandboxConfig {
-        pod: PodMeta {
-            name: name.to_owned(),
-            namespace: "default".into(),
-            uid: uid.to_owned(),
-            labels: BTreeMap::new(),
-            annotations: BTreeMap::new(),
-        },
-        hostname: name.to_owned(),
-        host_namespaces: Default::default(),
-        share_process_namespace: false,
-        qos: Default::default(),
-        resources: Default::default(),
-        sysctls: Default::default(),
-        log_directory: None,
-    }
+    SandboxConfig::new(PodMeta::new(name, "default", uid))
 }
 
 fn container_config(opts: &RunOptions, image: &Image) -> ContainerConfig {
     ContainerConfig {
-        name: opts.name.clone(),
-        image: image.name().to_owned(),
-        command: opts.command.clone(),
-        args: vec![],
-        env: vec![],
-        working_dir: None,
-        mounts: vec![],
-        security: SecurityContext::default(),
-        resources: Default::default(),
-        stdin: false,
-        stdin_once: false,
         tty: opts.tty,
-        restart_count: 0,
-        labels: BTreeMap::new(),
-        log_rotation: Default::default(),
+        ..ContainerConfig::new(&opts.name, image.name(), opts.command.clone())
     }
 }
 

@@ -20,7 +20,6 @@
 //! starts, the test moves itself onto a recursive bind mount of `/` (see [`enter_bind_root`]),
 //! as an OS booting from an initramfs switches to a real root first.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -32,8 +31,7 @@ use keelson_runtime::api::{
 };
 use keelson_runtime::cgroup::{detect_host, CgroupSetup, Layout, RealCgroupFs};
 use keelson_runtime::config::{
-    ContainerConfig, ContainerId, PodMeta, Resources, SandboxConfig, SandboxId, SecurityContext,
-    StopOptions,
+    ContainerConfig, ContainerId, PodMeta, Resources, SandboxConfig, SandboxId, StopOptions,
 };
 use keelson_runtime::image::{Image, ImageStore, ImportOptions};
 use keelson_runtime::network::NoNetwork;
@@ -185,43 +183,18 @@ async fn guest() -> Result<Guest> {
 }
 
 fn pod_config(name: &str, uid: &str) -> SandboxConfig {
-    SandboxConfig {
-        pod: PodMeta {
-            name: name.into(),
-            namespace: "default".into(),
-            uid: uid.into(),
-            labels: BTreeMap::new(),
-            annotations: BTreeMap::new(),
-        },
-        hostname: name.into(),
-        host_namespaces: Default::default(),
-        share_process_namespace: false,
-        qos: Default::default(),
-        resources: Default::default(),
-        sysctls: Default::default(),
-        log_directory: None,
-    }
+    SandboxConfig::new(PodMeta::new(name, "default", uid))
 }
 
 fn container_config(name: &str, script: &str, resources: Resources) -> ContainerConfig {
+    let command = vec!["sh".into(), "-c".into(), script.into()];
     ContainerConfig {
-        name: name.into(),
-        image: IMAGE_NAME.into(),
-        command: vec!["sh".into(), "-c".into(), script.into()],
-        args: vec![],
-        env: vec![],
-        working_dir: None,
-        mounts: vec![],
-        security: SecurityContext::default(),
         resources,
         // Every script waits for a line on stdin before it does its work, so the test can look
         // at the running container first.
         stdin: true,
         stdin_once: true,
-        tty: false,
-        restart_count: 0,
-        labels: BTreeMap::new(),
-        log_rotation: Default::default(),
+        ..ContainerConfig::new(name, IMAGE_NAME, command)
     }
 }
 

@@ -14,7 +14,6 @@
 //! Runs as root. Everything it creates lives under its work directory or a
 //! `keelson-bench-<pid>` cgroup tree and is removed on every exit path.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -24,9 +23,7 @@ use anyhow::{bail, ensure, Context, Result};
 use clap::{Parser, Subcommand};
 use keelson_runtime::api::{ContainerImage, Rootfs, Runtime, RuntimeEvent};
 use keelson_runtime::cgroup::{detect_host, Layout};
-use keelson_runtime::config::{
-    ContainerConfig, PodMeta, SandboxConfig, SandboxId, SecurityContext,
-};
+use keelson_runtime::config::{ContainerConfig, PodMeta, SandboxConfig, SandboxId};
 use keelson_runtime::image::{ImageStore, ImportOptions};
 use keelson_runtime::network::NoNetwork;
 use keelson_runtime::sandbox::{CgroupConfig, RuntimeConfig, ShimRuntime};
@@ -99,23 +96,7 @@ fn main() -> Result<()> {
 }
 
 fn container_config(args: &[String]) -> ContainerConfig {
-    ContainerConfig {
-        name: "bench".into(),
-        image: IMAGE_NAME.into(),
-        command: args.to_vec(),
-        args: vec![],
-        env: vec![],
-        working_dir: None,
-        mounts: vec![],
-        security: SecurityContext::default(),
-        resources: Default::default(),
-        stdin: false,
-        stdin_once: false,
-        tty: false,
-        restart_count: 0,
-        labels: BTreeMap::new(),
-        log_rotation: Default::default(),
-    }
+    ContainerConfig::new("bench", IMAGE_NAME, args.to_vec())
 }
 
 /// Copies the image's unpacked layers into `dest` (a plain directory, no mount left).
@@ -256,25 +237,8 @@ fn bench(name: &str, v: Vec<Duration>, p99: bool) {
 }
 
 fn pod(n: usize) -> SandboxConfig {
-    SandboxConfig {
-        pod: PodMeta {
-            name: format!("bench-{n}"),
-            namespace: "default".into(),
-            uid: format!(
-                "00000000-0000-4000-8000-{:012x}",
-                (std::process::id() as usize) << 16 | n
-            ),
-            labels: BTreeMap::new(),
-            annotations: BTreeMap::new(),
-        },
-        hostname: format!("bench-{n}"),
-        host_namespaces: Default::default(),
-        share_process_namespace: false,
-        qos: Default::default(),
-        resources: Default::default(),
-        sysctls: Default::default(),
-        log_directory: None,
-    }
+    let uid = format!("00000000-0000-4000-8000-{:012x}", (std::process::id() as usize) << 16 | n);
+    SandboxConfig::new(PodMeta::new(format!("bench-{n}"), "default", uid))
 }
 
 /// Removes what the benchmark created in the runtime and the cgroup tree, also on failure.
