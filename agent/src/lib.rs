@@ -4,4 +4,5 @@
 //! sandbox from an image (the steps a pod worker takes, without the cluster). The binary is a
 //! thin clap front over these modules.
 
+pub mod progress;
 pub mod run;

@@ -18,7 +18,9 @@ use keelson_runtime::api::{
 };
 use keelson_runtime::cgroup::{detect_host, Layout};
 use keelson_runtime::config::{ContainerConfig, ContainerId, PodMeta, SandboxConfig, SandboxId};
-use keelson_runtime::image::{self, Image, ImageStore, ImportOptions, PullOptions, RegistryAuth};
+use keelson_runtime::image::{
+    self, Image, ImageStore, ImportOptions, ProgressSender, PullOptions, RegistryAuth,
+};
 use keelson_runtime::network::NoNetwork;
 use keelson_runtime::sandbox::{CgroupConfig, RuntimeConfig, ShimRuntime};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -100,6 +102,8 @@ pub struct RunOptions {
     pub tty: bool,
     /// The command (the image's entrypoint and cmd when empty).
     pub command: Vec<String>,
+    /// Where import and pull progress goes (see [`crate::progress::draw`]).
+    pub progress: Option<ProgressSender>,
     /// Where things live.
     pub paths: Paths,
 }
@@ -123,16 +127,20 @@ fn rt_err(op: &'static str) -> impl FnOnce(keelson_runtime::api::Error) -> Error
 }
 
 /// Imports `image` when it is a path, else finds or pulls the reference.
-pub async fn resolve_image(store: &ImageStore, image: &str) -> Result<Image> {
+pub async fn resolve_image(
+    store: &ImageStore,
+    image: &str,
+    progress: Option<&ProgressSender>,
+) -> Result<Image> {
     let err = |source| Error::Image { image: image.to_owned(), source };
     let path = PathBuf::from(image);
     if path.exists() {
-        let (s, p) = (store.clone(), path.clone());
+        let (s, p, tx) = (store.clone(), path.clone(), progress.cloned());
         let res = tokio::task::spawn_blocking(move || {
-            match s.import(&p, &ImportOptions::default(), None) {
+            match s.import(&p, &ImportOptions::default(), tx.as_ref()) {
                 // A layout without a full name in its index: name it after the file.
                 Err(image::Error::NoName(_)) => {
-                    s.import(&p, &ImportOptions::named(&name_for_path(&p)), None)
+                    s.import(&p, &ImportOptions::named(&name_for_path(&p)), tx.as_ref())
                 }
                 other => other,
             }
@@ -144,7 +152,7 @@ pub async fn resolve_image(store: &ImageStore, image: &str) -> Result<Image> {
     match store.get(image) {
         Ok(img) => Ok(img),
         Err(_) => store
-            .pull(image, &RegistryAuth::Anonymous, &PullOptions::default(), None)
+            .pull(image, &RegistryAuth::Anonymous, &PullOptions::default(), progress)
             .await
             .map_err(err),
     }
@@ -227,7 +235,7 @@ pub async fn run(
         .await
         .map_err(|source| Error::Task { op: "open the image store", source })?
         .map_err(|source| Error::Image { image: opts.image.clone(), source })?;
-    let image = resolve_image(&store, &opts.image).await?;
+    let image = resolve_image(&store, &opts.image, opts.progress.as_ref()).await?;
     let rt = ShimRuntime::new(runtime_config(&opts.paths)?, Arc::new(NoNetwork))
         .await
         .map_err(rt_err("start the runtime"))?;

@@ -54,18 +54,25 @@ fn run_args(args: RunArgs) -> Result<i32> {
     if let Some(shim) = args.shim {
         paths.shim = shim;
     }
-    let opts = RunOptions {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut opts = RunOptions {
         image: args.image,
         name: args.name,
         tty: args.tty,
         command: args.command,
+        progress: Some(tx),
         paths,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
+        let bars = tokio::spawn(keelson_agent::progress::draw(rx));
         let (mut stdout, mut stderr) = (tokio::io::stdout(), tokio::io::stderr());
         let out = Output { stdout: &mut stdout, stderr: &mut stderr };
-        let ended = run::run(&opts, out, interrupted()).await?;
+        let ended = run::run(&opts, out, interrupted()).await;
+        // The last sender goes: the bars finish drawing.
+        opts.progress = None;
+        let _ = bars.await;
+        let ended = ended?;
         match ended {
             run::Ended::Exited(code) => {
                 eprintln!("keelson run: container {} exited with code {code}", opts.name)
