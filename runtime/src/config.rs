@@ -98,6 +98,23 @@ pub struct PodMeta {
     pub annotations: BTreeMap<String, String>,
 }
 
+impl PodMeta {
+    /// A pod's identity without labels or annotations.
+    pub fn new(
+        name: impl Into<String>,
+        namespace: impl Into<String>,
+        uid: impl Into<String>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            namespace: namespace.into(),
+            uid: uid.into(),
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+        }
+    }
+}
+
 /// The pod's quality-of-service class; decides where its cgroup lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum QosClass {
@@ -146,6 +163,23 @@ pub struct SandboxConfig {
     pub sysctls: BTreeMap<String, String>,
     /// Directory for the pod's logs; `/var/log/pods/<ns>_<name>_<uid>` by default.
     pub log_directory: Option<PathBuf>,
+}
+
+impl SandboxConfig {
+    /// A sandbox for `pod` with Kubernetes' defaults: the pod name as hostname, private
+    /// namespaces, Burstable, no pod-level resources or sysctls, the default log directory.
+    pub fn new(pod: PodMeta) -> Self {
+        Self {
+            hostname: pod.name.clone(),
+            pod,
+            host_namespaces: HostNamespaces::default(),
+            share_process_namespace: false,
+            qos: QosClass::default(),
+            resources: Resources::default(),
+            sysctls: BTreeMap::new(),
+            log_directory: None,
+        }
+    }
 }
 
 /// Resource requests and limits of one container or pod, in Kubernetes units.
@@ -285,6 +319,30 @@ pub struct ContainerConfig {
     /// Log rotation for this container.
     #[serde(default)]
     pub log_rotation: LogRotation,
+}
+
+impl ContainerConfig {
+    /// A container named `name` running `command` (the image's entrypoint when empty) from
+    /// `image`, with every other setting at its Kubernetes default.
+    pub fn new(name: impl Into<String>, image: impl Into<String>, command: Vec<String>) -> Self {
+        Self {
+            name: name.into(),
+            image: image.into(),
+            command,
+            args: Vec::new(),
+            env: Vec::new(),
+            working_dir: None,
+            mounts: Vec::new(),
+            security: SecurityContext::default(),
+            resources: Resources::default(),
+            stdin: false,
+            stdin_once: false,
+            tty: false,
+            restart_count: 0,
+            labels: BTreeMap::new(),
+            log_rotation: LogRotation::default(),
+        }
+    }
 }
 
 /// CRI log rotation, like the kubelet's `containerLogMaxSize` and `containerLogMaxFiles`.

@@ -13,6 +13,7 @@
 //! No tokio and no threads: the shim is a long-lived process per pod, so its memory matters.
 
 mod child;
+mod oneshot;
 mod server;
 mod sys;
 
@@ -40,6 +41,10 @@ fn main() {
             keelson_shim_proto::PROTOCOL_VERSION
         );
         return;
+    }
+    if arg == "run" {
+        let args: Vec<String> = std::env::args().skip(2).collect();
+        std::process::exit(oneshot::main(&args));
     }
     // Without a readiness pipe on descriptor 3 the shim would later hand that number to
     // something else and then close it: refuse to start.

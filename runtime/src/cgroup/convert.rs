@@ -1,8 +1,11 @@
 //! Kubernetes resource units to cgroup v2 values, as the kubelet and runc convert them.
 //!
 //! CPU requests become shares (`millicores * 1024 / 1000`, clamped to 2..=262144, the kubelet's
-//! `MilliCPUToShares`), shares become `cpu.weight` with runc's formula
-//! `1 + ((shares - 2) * 9999) / 262142` (so 2 → 1, 1024 → 39, 262144 → 10000). CPU limits
+//! `MilliCPUToShares`), shares become `cpu.weight` with the conversion runc (1.3), crun and
+//! libcontainer's `libcgroups` use: `ceil(10^((l² + 125 l) / 612 - 7/34))` with `l = log2(shares)`,
+//! which maps 2 → 1, 1024 (one CPU) → 100 (the cgroup default) and 262144 → 10000. Pod
+//! cgroups (ours) and container cgroups (libcgroups') must agree, or a pod would weigh less
+//! than its own containers. CPU limits
 //! become `cpu.max` = `quota period` with the kubelet's period of 100 ms and a quota of
 //! `millicores * 100` µs, at least 1 ms.
 
@@ -26,10 +29,21 @@ pub fn millicores_to_shares(millis: u64) -> u64 {
     shares.clamp(MIN_SHARES, MAX_SHARES)
 }
 
-/// Shares to `cpu.weight` (1..=10000), runc's conversion.
+/// Shares to `cpu.weight` (1..=10000), the quadratic-in-log conversion of runc, crun and
+/// libcgroups (identical arithmetic, so our pod cgroups and libcontainer's container cgroups
+/// agree to the unit).
 pub fn shares_to_weight(shares: u64) -> u64 {
     let shares = shares.clamp(MIN_SHARES, MAX_SHARES);
-    1 + ((shares - MIN_SHARES) * 9999) / (MAX_SHARES - MIN_SHARES)
+    if shares <= MIN_SHARES {
+        return 1;
+    }
+    if shares >= MAX_SHARES {
+        return 10_000;
+    }
+    let l = (shares as f64).log2();
+    let exponent = (l * l + 125.0 * l) / 612.0 - 7.0 / 34.0;
+    // The float is in 1.0..=10000.0 here; the cast saturates in any case.
+    (10f64.powf(exponent).ceil() as u64).clamp(1, 10_000)
 }
 
 /// CPU limit in millicores to a `cpu.max` quota in microseconds per [`CPU_PERIOD_US`].
@@ -78,14 +92,15 @@ mod tests {
     }
 
     #[test]
-    fn weight_follows_runc_at_the_edges() {
+    fn weight_follows_runc_and_libcgroups() {
         assert_eq!(shares_to_weight(2), 1);
         assert_eq!(shares_to_weight(0), 1);
-        assert_eq!(shares_to_weight(1024), 39);
+        assert_eq!(shares_to_weight(1024), 100, "one CPU weighs the cgroup default");
+        assert_eq!(shares_to_weight(512), 59);
         assert_eq!(shares_to_weight(262_144), 10_000);
         assert_eq!(shares_to_weight(u64::MAX), 10_000);
         assert_eq!(cpu_weight(None), 1);
-        assert_eq!(cpu_weight(Some(500)), 20);
+        assert_eq!(cpu_weight(Some(500)), 59);
     }
 
     #[test]

@@ -279,7 +279,7 @@ mod tests {
             assert!(!enabled.contains("io") && !enabled.contains("cpuset"), "{level:?}: {enabled}");
         }
         assert!(fs.exists(&path.join("shim")));
-        assert_eq!(fs.read(&path, "cpu.weight").unwrap(), "20");
+        assert_eq!(fs.read(&path, "cpu.weight").unwrap(), "59");
         assert_eq!(fs.read(&path, "cpu.max").unwrap(), "150000 100000");
         assert_eq!(fs.read(&path, "memory.max").unwrap(), (256u64 << 20).to_string());
         assert_eq!(fs.read(&path, "memory.swap.max").unwrap(), "0");

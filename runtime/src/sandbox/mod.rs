@@ -719,9 +719,32 @@ impl ShimRuntime {
             cgroup_dir,
         };
         match client.call("create", &Request::Create(req), &[]).await?.0 {
-            Response::Created { .. } => Ok(rec),
+            Response::Created { .. } => {
+                if sb.cgroup_limits && config.resources.memory_limit_bytes.is_some() {
+                    self.disable_swap(&rec)?;
+                }
+                Ok(rec)
+            }
             other => Err(unexpected(sandbox, "create", &other)),
         }
+    }
+
+    /// Writes `memory.swap.max` = 0 to a created (not yet started) container's cgroup.
+    ///
+    /// The spec asks for no swap (`swap` = `limit`, OCI's memory+swap), but libcgroups 0.7
+    /// converts that to a v2 value of 0 and skips writing 0 as if it meant "unset", which leaves
+    /// swap unlimited; runc had the same bug and writes 0 (runc issue 2369). The VM tier
+    /// (`tests/tests/vm_runtime.rs`) checks the file.
+    fn disable_swap(&self, rec: &ContainerRecord) -> Result<()> {
+        let (Some(root), Some(dir)) = (self.v2_root(), rec.cgroup_dir.as_ref()) else {
+            return Ok(());
+        };
+        let fs = RealCgroupFs::new(root);
+        let rel = dir.strip_prefix(root).unwrap_or(dir);
+        if fs.has_file(rel, "memory.swap.max") {
+            fs.write(rel, "memory.swap.max", "0")?;
+        }
+        Ok(())
     }
 }
 

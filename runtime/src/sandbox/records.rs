@@ -111,22 +111,7 @@ mod tests {
         let rec = SandboxRecord {
             version: VERSION,
             id: sid.clone(),
-            config: SandboxConfig {
-                pod: PodMeta {
-                    name: "p".into(),
-                    namespace: "n".into(),
-                    uid: "u".into(),
-                    labels: Default::default(),
-                    annotations: Default::default(),
-                },
-                hostname: "p".into(),
-                host_namespaces: Default::default(),
-                share_process_namespace: false,
-                qos: Default::default(),
-                resources: Default::default(),
-                sysctls: Default::default(),
-                log_directory: None,
-            },
+            config: SandboxConfig::new(PodMeta::new("p", "n", "u")),
             created_at_ns: 5,
             netns_path: Some("/run/keelson/netns/abc".into()),
             ips: vec!["10.0.0.2".parse().unwrap()],
