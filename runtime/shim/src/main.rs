@@ -64,19 +64,32 @@ fn main() {
         }
     };
     // Detach from the runtime: our parent exits at once (the runtime reaps it) and we are
-    // re-parented to init, in our own session.
-    // SAFETY: the process is single-threaded here (nothing has spawned a thread), so the child
-    // may run arbitrary code.
-    match unsafe { fork() } {
-        Ok(ForkResult::Parent { .. }) => std::process::exit(0),
-        Ok(ForkResult::Child) => {}
-        Err(e) => {
-            let _ = writeln!(ready, "error fork: {e}");
-            std::process::exit(1);
+    // re-parented to init, in our own session. The child is born in its cgroup leaf when the
+    // kernel can do that (no migration: see `sys::join_cgroup`).
+    let mut in_cgroup = false;
+    if let Some(cg) = &cfg.cgroup_dir {
+        // SAFETY: the process is single-threaded here (nothing has spawned a thread).
+        match unsafe { sys::fork_into_cgroup(cg) } {
+            Ok(sys::Forked::Parent) => std::process::exit(0),
+            Ok(sys::Forked::Child) => in_cgroup = true,
+            // Old kernel or no cgroup2 directory: fork, then join (reporting errors) below.
+            Err(_) => {}
+        }
+    }
+    if !in_cgroup {
+        // SAFETY: the process is single-threaded here (nothing has spawned a thread), so the
+        // child may run arbitrary code.
+        match unsafe { fork() } {
+            Ok(ForkResult::Parent { .. }) => std::process::exit(0),
+            Ok(ForkResult::Child) => {}
+            Err(e) => {
+                let _ = writeln!(ready, "error fork: {e}");
+                std::process::exit(1);
+            }
         }
     }
     let _ = setsid();
-    match setup(&cfg) {
+    match setup(&cfg, in_cgroup) {
         Ok((listener, netns_pinned)) => {
             let _ = writeln!(ready, "ok {}", std::process::id());
             drop(ready);
@@ -92,10 +105,11 @@ fn main() {
 }
 
 /// Everything before the loop. Returns the listening socket and whether a netns was pinned.
-fn setup(cfg: &ShimConfig) -> Result<(UnixListener, bool)> {
+/// `in_cgroup`: the process was forked into `cfg.cgroup_dir` already.
+fn setup(cfg: &ShimConfig, in_cgroup: bool) -> Result<(UnixListener, bool)> {
     std::env::set_current_dir("/").context("chdir /")?;
     redirect_stdio(cfg.log_file.as_deref())?;
-    if let Some(cg) = &cfg.cgroup_dir {
+    if let (Some(cg), false) = (&cfg.cgroup_dir, in_cgroup) {
         sys::join_cgroup(cg).with_context(|| format!("join cgroup {}", cg.display()))?;
     }
     nix::sys::prctl::set_child_subreaper(true).context("become child subreaper")?;
