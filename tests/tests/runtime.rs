@@ -6,7 +6,6 @@
 //! `keelson-test-<n>` cgroup tree) and removes its sandboxes on every exit path (a Drop
 //! guard). The `keelson-shim` binary is built on first use with the same cargo and target dir.
 
-use std::collections::BTreeMap;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -20,8 +19,7 @@ use keelson_runtime::api::{
 };
 use keelson_runtime::cgroup::{detect_host, Layout};
 use keelson_runtime::config::{
-    ContainerConfig, ContainerId, PodMeta, SandboxConfig, SandboxId, SeccompProfile,
-    SecurityContext, StopOptions,
+    ContainerConfig, ContainerId, PodMeta, SandboxConfig, SandboxId, SeccompProfile, StopOptions,
 };
 use keelson_runtime::network::NoNetwork;
 use keelson_runtime::sandbox::{CgroupConfig, RuntimeConfig, ShimRuntime};
@@ -152,42 +150,13 @@ impl Drop for Env {
 }
 
 fn pod(name: &str) -> SandboxConfig {
-    SandboxConfig {
-        pod: PodMeta {
-            name: name.into(),
-            namespace: "default".into(),
-            uid: format!("{:08x}-0000-4000-8000-{:012x}", rand_u32(), std::process::id()),
-            labels: BTreeMap::new(),
-            annotations: BTreeMap::new(),
-        },
-        hostname: name.into(),
-        host_namespaces: Default::default(),
-        share_process_namespace: false,
-        qos: Default::default(),
-        resources: Default::default(),
-        sysctls: Default::default(),
-        log_directory: None,
-    }
+    let uid = format!("{:08x}-0000-4000-8000-{:012x}", rand_u32(), std::process::id());
+    SandboxConfig::new(PodMeta::new(name, "default", uid))
 }
 
 fn container(name: &str, args: &[&str]) -> ContainerConfig {
-    ContainerConfig {
-        name: name.into(),
-        image: "keelson.test/busybox:latest".into(),
-        command: args.iter().map(|s| s.to_string()).collect(),
-        args: vec![],
-        env: vec![],
-        working_dir: None,
-        mounts: vec![],
-        security: SecurityContext::default(),
-        resources: Default::default(),
-        stdin: false,
-        stdin_once: false,
-        tty: false,
-        restart_count: 0,
-        labels: BTreeMap::new(),
-        log_rotation: Default::default(),
-    }
+    let command = args.iter().map(|s| s.to_string()).collect();
+    ContainerConfig::new(name, "keelson.test/busybox:latest", command)
 }
 
 impl Env {
@@ -944,60 +913,6 @@ fn restarted_runtime_readopts_running_containers() {
         rt.stop_container(&stays, StopOptions { grace_period: Duration::from_secs(5) }).await?;
         assert_eq!(rt.container_status(&stays).await?.state, ContainerState::Exited);
         let _ = &env.cfg;
-        Ok(())
-    })
-    .expect("test body failed");
-}
-
-/// A rough timing aid for the lead's `bench/runtime` (not a benchmark): prints the medians of
-/// sandbox creation (no network) and of create+start+wait+remove of `true` through the full
-/// path (shim, spec generation, logs). Run with `-- --ignored --nocapture timings`.
-#[test]
-#[ignore = "measurement aid, prints timings"]
-fn timings() {
-    require!(Tier::Privileged, need_root());
-    block_on(async {
-        let env = env().await?;
-        let median = |mut v: Vec<Duration>| {
-            v.sort();
-            v[v.len() / 2]
-        };
-        let mut sandbox = Vec::new();
-        let mut sb = None;
-        for i in 0..15 {
-            let t = std::time::Instant::now();
-            let id = env.sandbox(&format!("t{i}")).await?;
-            sandbox.push(t.elapsed());
-            sb = Some(id);
-        }
-        let sb = sb.context("a sandbox")?;
-        let mut ev = env.rt.events();
-        let mut run = Vec::new();
-        let (mut c, mut s, mut w, mut r) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..30 {
-            let t = std::time::Instant::now();
-            let id = env.rt.create_container(&sb, container("true", &["true"]), env.image()).await?;
-            c.push(t.elapsed());
-            let t1 = std::time::Instant::now();
-            env.rt.start_container(&id).await?;
-            s.push(t1.elapsed());
-            let t2 = std::time::Instant::now();
-            env.wait_exit(&mut ev, &id).await?;
-            w.push(t2.elapsed());
-            let t3 = std::time::Instant::now();
-            env.rt.remove_container(&id).await?;
-            r.push(t3.elapsed());
-            run.push(t.elapsed());
-        }
-        println!(
-            "sandbox create (no network): median {:?}\ncontainer create+start+wait+remove of true: median {:?} (create {:?}, start {:?}, wait {:?}, remove {:?})",
-            median(sandbox),
-            median(run),
-            median(c),
-            median(s),
-            median(w),
-            median(r)
-        );
         Ok(())
     })
     .expect("test body failed");

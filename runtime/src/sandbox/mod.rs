@@ -1272,22 +1272,7 @@ mod tests {
     use crate::config::PodMeta;
 
     fn cfg() -> SandboxConfig {
-        SandboxConfig {
-            pod: PodMeta {
-                name: "p".into(),
-                namespace: "n".into(),
-                uid: "u".into(),
-                labels: Default::default(),
-                annotations: Default::default(),
-            },
-            hostname: "p".into(),
-            host_namespaces: Default::default(),
-            share_process_namespace: false,
-            qos: Default::default(),
-            resources: Default::default(),
-            sysctls: Default::default(),
-            log_directory: None,
-        }
+        SandboxConfig::new(PodMeta::new("p", "n", "u"))
     }
 
     #[test]
