@@ -363,15 +363,7 @@ fn import_oci(
             return Err(Error::UnsupportedMediaType { media_type: mt, what: format!("{d}") });
         }
     };
-    let m = manifest::parse_manifest(&manifest_bytes, &format!("manifest {manifest_digest}"))?;
-    emit(
-        progress,
-        Progress::Resolved {
-            reference: name.clone(),
-            manifest: manifest_digest.to_string(),
-            layers: m.layers().len(),
-        },
-    );
+    let m = manifest::parse_resolved(&manifest_bytes, &manifest_digest, &name, progress)?;
     let config_digest = manifest::descriptor_digest(m.config())?;
     src.store(
         content,

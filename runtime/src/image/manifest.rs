@@ -165,6 +165,25 @@ pub fn parse_manifest(data: &[u8], what: &str) -> Result<ImageManifest> {
     ImageManifest::from_reader(data).map_err(|source| Error::Spec { what: what.to_owned(), source })
 }
 
+/// Parses the platform manifest an import or pull resolved `reference` to, and reports it.
+pub(crate) fn parse_resolved(
+    data: &[u8],
+    digest: &Digest,
+    reference: &str,
+    progress: Option<&super::ProgressSender>,
+) -> Result<ImageManifest> {
+    let m = parse_manifest(data, &format!("manifest {digest}"))?;
+    super::progress::emit(
+        progress,
+        super::Progress::Resolved {
+            reference: reference.to_owned(),
+            manifest: digest.to_string(),
+            layers: m.layers().len(),
+        },
+    );
+    Ok(m)
+}
+
 /// Parses an image config (OCI or Docker: same fields).
 pub fn parse_config(data: &[u8], what: &str) -> Result<ImageConfiguration> {
     ImageConfiguration::from_reader(data)

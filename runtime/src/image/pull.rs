@@ -144,16 +144,8 @@ pub async fn pull(
     } else {
         return Err(Error::UnsupportedMediaType { media_type: target_mt, what: r.whole() });
     };
-    let m = manifest::parse_manifest(&manifest_bytes, &format!("manifest {manifest_digest}"))?;
     let name = manifest::record_name(&r);
-    emit(
-        progress,
-        Progress::Resolved {
-            reference: name.clone(),
-            manifest: manifest_digest.to_string(),
-            layers: m.layers().len(),
-        },
-    );
+    let m = manifest::parse_resolved(&manifest_bytes, &manifest_digest, &name, progress)?;
 
     let config_digest = manifest::descriptor_digest(m.config())?;
     fetch_blob(
