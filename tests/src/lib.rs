@@ -95,3 +95,22 @@ macro_rules! require {
         }
     }};
 }
+
+/// A container's whole log as text: every entry's content, a newline after each full line
+/// (partial entries are joined with what follows, as the kubelet shows them).
+pub async fn log_text(
+    rt: &dyn keelson_runtime::api::Runtime,
+    id: &keelson_runtime::config::ContainerId,
+) -> anyhow::Result<String> {
+    use futures::StreamExt;
+    let mut s = rt.logs(id, keelson_runtime::api::LogOptions::default()).await?;
+    let mut out = String::new();
+    while let Some(e) = s.next().await {
+        let e = e?;
+        out.push_str(&String::from_utf8_lossy(&e.content));
+        if !e.partial {
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}

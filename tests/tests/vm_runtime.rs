@@ -309,16 +309,7 @@ impl Guest {
     }
 
     async fn log_text(&self, id: &ContainerId) -> Result<String> {
-        let mut s = self.rt.logs(id, LogOptions::default()).await?;
-        let mut out = String::new();
-        while let Some(e) = s.next().await {
-            let e = e?;
-            out.push_str(&String::from_utf8_lossy(&e.content));
-            if !e.partial {
-                out.push('\n');
-            }
-        }
-        Ok(out)
+        keelson_tests::log_text(&self.rt, id).await
     }
 
     /// Follows the log until a line starting with `prefix` appears; returns the line.

@@ -329,6 +329,12 @@ pub fn unpack_layer_over(
         let f = fail(op, entry);
         move |e: Errno| f(io::Error::from(e))
     };
+    let link_target = |entry: &tar::Entry<'_, _>, shown: &str| -> Result<Vec<u8>> {
+        entry
+            .link_name_bytes()
+            .map(|t| t.into_owned())
+            .ok_or_else(|| fail("reading link of", shown)(io::ErrorKind::InvalidData.into()))
+    };
     let reader = decompress(blob, media_type).map_err(fail("decompressing", ""))?;
     let mut archive = tar::Archive::new(HashingReader { inner: reader, hasher: Sha256::new() });
     let root_file = File::open(dest).map_err(fail("opening", &dest.display().to_string()))?;
@@ -476,12 +482,7 @@ pub fn unpack_layer_over(
                     .map_err(nix_fail("setting times of", &shown))?;
             }
             tar::EntryType::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| {
-                        fail("reading link of", &shown)(io::ErrorKind::InvalidData.into())
-                    })?
-                    .into_owned();
+                let target = link_target(&entry, &shown)?;
                 remove_at(pfd, &name).map_err(nix_fail("replacing", &shown))?;
                 symlinkat(OsStr::from_bytes(&target), Some(pfd.as_raw_fd()), name.as_os_str())
                     .map_err(nix_fail("creating symlink", &shown))?;
@@ -496,12 +497,7 @@ pub fn unpack_layer_over(
                 .map_err(nix_fail("setting times of", &shown))?;
             }
             tar::EntryType::Link => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| {
-                        fail("reading link of", &shown)(io::ErrorKind::InvalidData.into())
-                    })?
-                    .into_owned();
+                let target = link_target(&entry, &shown)?;
                 let target = Path::new(OsStr::from_bytes(&target));
                 let (tparent, tname) = match target.file_name() {
                     Some(n) => (target.parent().unwrap_or(Path::new("")), n),
