@@ -300,7 +300,8 @@ pub enum Verdict {
 /// Evaluates a resolved profile for one syscall and its arguments the way libseccomp does for
 /// the rules our profiles use: the first matching rule with an explicit action wins over the
 /// default, and among matching rules `ALLOW` loses to a refusing action. Used by tests and by
-/// diagnostics (`agentctl` can explain why a call fails); the kernel is the authority.
+/// diagnostics (`agentctl` can explain why a call fails); the kernel is the authority. Masked
+/// comparisons are read as the runtime spec and runc read them (`value` is the mask).
 pub fn evaluate(seccomp: &LinuxSeccomp, syscall: &str, args: &[u64; 6]) -> Verdict {
     let verdict = |action: LinuxSeccompAction, errno: Option<u32>| match action {
         LinuxSeccompAction::ScmpActAllow => Verdict::Allow,
@@ -322,7 +323,10 @@ pub fn evaluate(seccomp: &LinuxSeccomp, syscall: &str, args: &[u64; 6]) -> Verdi
                 LinuxSeccompOperator::ScmpCmpEq => v == datum,
                 LinuxSeccompOperator::ScmpCmpGe => v >= datum,
                 LinuxSeccompOperator::ScmpCmpGt => v > datum,
-                LinuxSeccompOperator::ScmpCmpMaskedEq => v & datum == a.value_two().unwrap_or(0),
+                // libseccomp masks both sides: `arg & mask == datum & mask`.
+                LinuxSeccompOperator::ScmpCmpMaskedEq => {
+                    v & datum == a.value_two().unwrap_or(0) & datum
+                }
             }
         });
         if !args_match {
