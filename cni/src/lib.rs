@@ -18,6 +18,8 @@
 //! Limits: one bridge per node; overlay and inter-node routes come with the cluster issues.
 
 pub mod config;
+pub mod link;
+pub mod netns;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
