@@ -6,7 +6,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
-use std::net::IpAddr;
 use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -47,6 +46,7 @@ impl FakeNs {
                 up: false,
                 alias: None,
                 hairpin: None,
+                group: 0,
             },
         );
         let sysctls = [
@@ -197,6 +197,7 @@ impl FakeWorld {
                 up,
                 alias: None,
                 hairpin: None,
+                group: 0,
             })
         })
     }
@@ -240,6 +241,7 @@ fn apply_one(w: &mut World, ns: usize, op: &Op) -> Result<()> {
                 up: true,
                 alias: None,
                 hairpin: None,
+                group: 0,
             });
         }
         Op::CreateVeth(v) => {
@@ -266,6 +268,7 @@ fn apply_one(w: &mut World, ns: usize, op: &Op) -> Result<()> {
                 up: true,
                 alias: Some(v.alias.clone()),
                 hairpin: Some(false),
+                group: 0,
             });
             let peer = w.namespaces[peer_ns].add_link(Link {
                 index: 0,
@@ -277,6 +280,7 @@ fn apply_one(w: &mut World, ns: usize, op: &Op) -> Result<()> {
                 up: false,
                 alias: None,
                 hairpin: None,
+                group: 0,
             });
             w.peers.insert((ns, host), (peer_ns, peer));
             w.peers.insert((peer_ns, peer), (ns, host));
@@ -338,16 +342,57 @@ fn apply_one(w: &mut World, ns: usize, op: &Op) -> Result<()> {
             }
             here.routes.push(Route { dst: *dst, gateway: Some(*gateway), oif: Some(*oif) });
         }
+        Op::SetDown(r) => {
+            let i = here.resolve(r).ok_or_else(missing)?;
+            if let Some(l) = here.links.get_mut(&i) {
+                l.up = false;
+            }
+            // The kernel drops routes through a downed link, and its IPv6 addresses.
+            here.routes.retain(|r| r.oif != Some(i));
+            if let Some(a) = here.addresses.get_mut(&i) {
+                a.retain(|a| a.addr().is_ipv4());
+            }
+        }
+        Op::Rename(i, name) => {
+            if here.by_name(name).is_some() {
+                return Err(errno(op, libc::EEXIST));
+            }
+            let l = here.links.get_mut(i).ok_or_else(missing)?;
+            if l.up {
+                return Err(errno(op, libc::EBUSY));
+            }
+            l.name.clone_from(name);
+        }
+        Op::SetGroup(r, g) => {
+            let i = here.resolve(r).ok_or_else(missing)?;
+            if let Some(l) = here.links.get_mut(&i) {
+                l.group = *g;
+            }
+        }
         Op::DeleteLink(r) => {
             let i = here.resolve(r).ok_or_else(missing)?;
-            here.remove_link(i);
-            if let Some(peer) = w.peers.remove(&(ns, i)) {
-                w.peers.remove(&peer);
-                w.namespaces[peer.0].remove_link(peer.1);
+            delete(w, ns, i);
+        }
+        Op::DeleteGroup(g) => {
+            let doomed: Vec<u32> =
+                here.links.values().filter(|l| l.group == *g).map(|l| l.index).collect();
+            if doomed.is_empty() {
+                return Err(missing());
+            }
+            for i in doomed {
+                delete(w, ns, i);
             }
         }
     }
     Ok(())
+}
+
+fn delete(w: &mut World, ns: usize, index: u32) {
+    w.namespaces[ns].remove_link(index);
+    if let Some(peer) = w.peers.remove(&(ns, index)) {
+        w.peers.remove(&peer);
+        w.namespaces[peer.0].remove_link(peer.1);
+    }
 }
 
 impl FakeNetlink {
@@ -425,13 +470,12 @@ impl Sysctl for FakeSysctl {
         let mut w = self.world.lock();
         let ns = *w.fds.get(&self.fd).ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))?;
         let here = &mut w.namespaces[ns];
-        if let Some(v) = here.sysctls.get(key) {
-            return Ok(v.clone());
+        if let Some(ifname) = interface_of(key) {
+            if here.by_name(ifname).is_none() {
+                return Err(io::Error::from(io::ErrorKind::NotFound));
+            }
         }
-        match interface_of(key) {
-            Some(ifname) if here.by_name(ifname).is_some() => Ok("1".into()),
-            _ => Err(io::Error::from(io::ErrorKind::NotFound)),
-        }
+        here.sysctls.get(key).cloned().ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
     }
 
     fn set(&mut self, key: &str, value: &str) -> io::Result<()> {
@@ -448,9 +492,4 @@ impl Sysctl for FakeSysctl {
         here.sysctls.insert(key.to_owned(), value.to_owned());
         Ok(())
     }
-}
-
-/// Whether `ip` is inside any of `nets`.
-pub fn covered(nets: &[IpNet], ip: IpAddr) -> bool {
-    nets.iter().any(|n| n.trunc().contains(&ip))
 }

@@ -35,6 +35,12 @@ pub const LOOPBACK_INDEX: u32 = 1;
 /// and GC can tell our ports (and their keys) from anything else on the bridge.
 pub const ALIAS_PREFIX: &str = "keelson:";
 
+/// The device group that marks retired host ends: DEL takes a pod off the network at once
+/// (interface down and renamed, host end moved to this group) and one `RTM_DELLINK` of the
+/// whole group later deletes every retired pair together, paying the kernel's RCU wait on
+/// unregistration (about 20 ms here) once per batch instead of once per pod.
+pub const RETIRED_GROUP: u32 = 0x6b65_656c;
+
 /// Errors of link handling.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -138,6 +144,8 @@ pub struct Link {
     pub alias: Option<String>,
     /// Hairpin mode, for a bridge port.
     pub hairpin: Option<bool>,
+    /// Device group (0 by default; [`RETIRED_GROUP`] once retired).
+    pub group: u32,
 }
 
 /// A route of the main table, as observed.
@@ -230,8 +238,16 @@ pub enum Op {
         /// Output interface.
         oif: u32,
     },
+    /// Set a link administratively down.
+    SetDown(LinkRef),
+    /// Rename the link of this index (it must be down).
+    Rename(u32, String),
+    /// Move a link to a device group.
+    SetGroup(LinkRef, u32),
     /// Delete a link (a veth takes its peer with it).
     DeleteLink(LinkRef),
+    /// Delete every link of a device group in one unregistration batch.
+    DeleteGroup(u32),
 }
 
 impl std::fmt::Display for Op {
@@ -245,7 +261,11 @@ impl std::fmt::Display for Op {
             Op::SetHairpin(l, on) => write!(f, "set hairpin {on} on {l}"),
             Op::AddAddress { index, address, .. } => write!(f, "add address {address} to link {index}"),
             Op::AddRoute { dst, gateway, oif } => write!(f, "add route {dst} via {gateway} dev {oif}"),
+            Op::SetDown(l) => write!(f, "set {l} down"),
+            Op::Rename(i, n) => write!(f, "rename link {i} to {n}"),
+            Op::SetGroup(l, g) => write!(f, "move {l} to group {g}"),
             Op::DeleteLink(l) => write!(f, "delete {l}"),
+            Op::DeleteGroup(g) => write!(f, "delete group {g}"),
         }
     }
 }
@@ -286,6 +306,11 @@ pub fn host_veth_alias(container_id: &str, ifname: &str) -> String {
 /// The key (container id, ifname) of a host end's alias, if it is one of ours.
 pub fn parse_alias(alias: &str) -> Option<(&str, &str)> {
     alias.strip_prefix(ALIAS_PREFIX)?.rsplit_once('/')
+}
+
+/// A name for a retired pod interface: `kr` and 8 random hex digits.
+pub fn retired_name() -> String {
+    format!("kr{:08x}", rand::random::<u32>())
 }
 
 /// A random locally administered unicast MAC address.

@@ -11,8 +11,15 @@
 //!
 //! A second ADD of the same key finds the host end (the create fails with `EEXIST`), checks
 //! the alias is this key's, and plans only what is missing on both sides. CHECK is the same
-//! comparison with the plan required to be empty. DEL deletes the pod's interface (the kernel
-//! removes both ends) and is a no-op when it is gone.
+//! comparison with the plan required to be empty.
+//!
+//! DEL is cheap and leaves the expensive part for later: deleting a link makes the kernel wait
+//! for RCU (about 20 ms here, the reference plugin's whole DEL). [`retire_pod`] sets the pod's
+//! interface down (its peer loses carrier, so the pod is off the bridge) and renames it (so
+//! the name is free for a new ADD); [`retire_host`] moves the host end to
+//! [`RETIRED_GROUP`](super::RETIRED_GROUP); [`reap`] deletes the whole group in one request, one
+//! RCU wait for any number of pairs. If the pod's namespace ends first, the kernel deletes
+//! the pair itself, asynchronously.
 
 use std::net::IpAddr;
 use std::os::fd::RawFd;
@@ -20,8 +27,8 @@ use std::os::fd::RawFd;
 use ipnet::IpNet;
 
 use super::{
-    host_veth_alias, host_veth_name, parse_alias, random_mac, Error, Link, LinkRef, Netlink,
-    Op, Result, Route, Sysctl, VethSpec, LOOPBACK_INDEX,
+    host_veth_alias, host_veth_name, parse_alias, random_mac, retired_name, Error, Link,
+    LinkRef, Netlink, Op, Result, Route, Sysctl, VethSpec, LOOPBACK_INDEX, RETIRED_GROUP,
 };
 use crate::link::bridge::Bridge;
 use crate::IpConfig;
@@ -120,8 +127,23 @@ pub async fn add_host(
         Err(e) if e.errno() == Some(libc::EEXIST) => {}
         Err(e) => return Err(e),
     }
-    // The host name or the pod's interface name is taken: ours from an earlier ADD, or not.
-    let Some(existing) = nl.link(&LinkRef::Name(name.clone())).await? else {
+    // The host name or the pod's interface name is taken: ours from an earlier ADD, a
+    // retired pair of this key not reaped yet, or someone else's.
+    let mut existing = nl.link(&LinkRef::Name(name.clone())).await?;
+    if let Some(old) = existing.as_ref().filter(|l| l.group == RETIRED_GROUP) {
+        match nl.apply(&[Op::DeleteLink(LinkRef::Index(old.index))]).await {
+            Ok(()) => {}
+            Err(e) if e.errno() == Some(libc::ENODEV) => {}
+            Err(e) => return Err(e),
+        }
+        match nl.apply(&ops).await {
+            Ok(()) => return Ok(HostEnd { name, mac, created: true }),
+            Err(e) if e.errno() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(e),
+        }
+        existing = nl.link(&LinkRef::Name(name.clone())).await?;
+    }
+    let Some(existing) = existing else {
         return Err(Error::NameClash {
             name: format!("{} in the pod", spec.ifname),
             owner: None,
@@ -292,30 +314,62 @@ pub async fn check_pod(nl: &mut impl Netlink, spec: &PodSpec) -> Result<()> {
     }
 }
 
-/// DEL inside the pod's namespace: deletes the interface (the kernel removes its host end
-/// too). Returns whether there was one.
-pub async fn delete_pod(nl: &mut impl Netlink, ifname: &str) -> Result<bool> {
-    match nl.apply(&[Op::DeleteLink(LinkRef::Name(ifname.to_owned()))]).await {
+/// DEL inside the pod's namespace: takes the interface off the network at once (down, so
+/// its peer loses carrier, and renamed, so the name is free for a new ADD) and leaves the
+/// deletion to [`reap`] or to the end of the namespace. Returns whether there was one.
+pub async fn retire_pod(nl: &mut impl Netlink, ifname: &str) -> Result<bool> {
+    let Some(link) = nl.link(&LinkRef::Name(ifname.to_owned())).await? else {
+        return Ok(false);
+    };
+    let ops = [Op::SetDown(LinkRef::Index(link.index)), Op::Rename(link.index, retired_name())];
+    match nl.apply(&ops).await {
         Ok(()) => Ok(true),
         Err(e) if e.errno() == Some(libc::ENODEV) => Ok(false),
         Err(e) => Err(e),
     }
 }
 
-/// DEL from the host side (when the pod's namespace is gone or unusable): deletes the host
-/// end if it carries this key's alias. Returns whether there was one.
-pub async fn delete_host(nl: &mut impl Netlink, container_id: &str, ifname: &str) -> Result<bool> {
+/// DEL in the host namespace: moves this key's host end to [`RETIRED_GROUP`] (and down, when
+/// the pod side could not be reached) if it carries this key's alias. Returns whether there
+/// was one.
+pub async fn retire_host(
+    nl: &mut impl Netlink,
+    container_id: &str,
+    ifname: &str,
+    down: bool,
+) -> Result<bool> {
     let name = host_veth_name(container_id, ifname);
     let Some(link) = nl.link(&LinkRef::Name(name.clone())).await? else {
         return Ok(false);
     };
     if link.alias.as_deref() != Some(host_veth_alias(container_id, ifname).as_str()) {
-        tracing::warn!(link = %name, alias = ?link.alias, "not deleting a host veth of another key");
+        tracing::warn!(link = %name, alias = ?link.alias, "not retiring a host veth of another key");
         return Ok(false);
     }
-    match nl.apply(&[Op::DeleteLink(LinkRef::Index(link.index))]).await {
+    retire_link(nl, &link, down).await
+}
+
+/// Moves a host end to [`RETIRED_GROUP`], down first when `down`.
+pub async fn retire_link(nl: &mut impl Netlink, link: &Link, down: bool) -> Result<bool> {
+    let me = LinkRef::Index(link.index);
+    let mut ops = Vec::with_capacity(2);
+    if down {
+        ops.push(Op::SetDown(me.clone()));
+    }
+    ops.push(Op::SetGroup(me, RETIRED_GROUP));
+    match nl.apply(&ops).await {
         Ok(()) => Ok(true),
         Err(e) if e.errno() == Some(libc::ENODEV) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Deletes every retired pair of the namespace `nl` serves in one batch (one RCU wait for
+/// all). Nothing retired is not an error.
+pub async fn reap(nl: &mut impl Netlink) -> Result<()> {
+    match nl.apply(&[Op::DeleteGroup(RETIRED_GROUP)]).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.errno() == Some(libc::ENODEV) => Ok(()),
         Err(e) => Err(e),
     }
 }
@@ -331,7 +385,7 @@ pub struct Port {
     pub ifname: String,
 }
 
-/// Our ports on `bridge` (host ends whose alias carries a key).
+/// Our ports on `bridge` (host ends whose alias carries a key), retired ones excluded.
 pub async fn ports(nl: &mut impl Netlink, bridge: &str) -> Result<Vec<Port>> {
     let Some(br) = nl.link(&LinkRef::Name(bridge.to_owned())).await? else {
         return Ok(Vec::new());
@@ -340,7 +394,7 @@ pub async fn ports(nl: &mut impl Netlink, bridge: &str) -> Result<Vec<Port>> {
         .links()
         .await?
         .into_iter()
-        .filter(|l| l.master == Some(br.index))
+        .filter(|l| l.master == Some(br.index) && l.group != RETIRED_GROUP)
         .filter_map(|link| {
             let (id, ifname) = parse_alias(link.alias.as_deref()?)?;
             let (container_id, ifname) = (id.to_owned(), ifname.to_owned());
@@ -523,34 +577,77 @@ mod tests {
         assert!(err.to_string().contains("not on keel0"), "{err}");
     }
 
-    #[test]
-    fn delete_in_the_pod_removes_both_ends_and_is_harmless_twice() {
-        let s = setup();
-        let spec = dual();
-        let (h, _) = add(&s, &spec).unwrap();
-        assert!(block_on(delete_pod(&mut s.world.netlink(s.pod), "eth0")).unwrap());
-        assert!(s.world.ns(s.host).by_name(&h.name).is_none());
-        assert!(s.world.ns(s.pod).by_name("eth0").is_none());
-        assert!(!block_on(delete_pod(&mut s.world.netlink(s.pod), "eth0")).unwrap());
+    fn del(s: &Setup, spec: &PodSpec) -> (bool, bool) {
+        block_on(async {
+            let pod = retire_pod(&mut s.world.netlink(s.pod), &spec.ifname).await.unwrap();
+            let host =
+                retire_host(&mut s.world.netlink(s.host), &spec.container_id, &spec.ifname, !pod)
+                    .await
+                    .unwrap();
+            (pod, host)
+        })
     }
 
     #[test]
-    fn delete_from_the_host_only_touches_this_keys_veth() {
+    fn retiring_takes_the_pod_off_the_network_at_once_and_reaping_deletes_both_ends() {
+        let s = setup();
+        let spec = dual();
+        let (h, p) = add(&s, &spec).unwrap();
+        assert_eq!(del(&s, &spec), (true, true));
+        let pod = s.world.ns(s.pod);
+        assert!(pod.by_name("eth0").is_none(), "the name is free for a new ADD");
+        let old = &pod.links[&p.index];
+        assert!(!old.up && old.name.starts_with("kr"));
+        assert!(pod.routes.is_empty());
+        assert_eq!(s.world.ns(s.host).by_name(&h.name).unwrap().group, RETIRED_GROUP);
+        assert!(block_on(ports(&mut s.world.netlink(s.host), "keel0")).unwrap().is_empty());
+        block_on(reap(&mut s.world.netlink(s.host))).unwrap();
+        assert!(s.world.ns(s.host).by_name(&h.name).is_none());
+        assert!(!s.world.ns(s.pod).links.contains_key(&p.index), "the peer went with it");
+        block_on(reap(&mut s.world.netlink(s.host))).unwrap();
+    }
+
+    #[test]
+    fn del_twice_is_harmless() {
+        let s = setup();
+        let spec = dual();
+        add(&s, &spec).unwrap();
+        del(&s, &spec);
+        // The host end is already retired: marking it again changes nothing.
+        assert_eq!(del(&s, &spec), (false, true));
+        block_on(reap(&mut s.world.netlink(s.host))).unwrap();
+        assert_eq!(del(&s, &spec), (false, false));
+    }
+
+    #[test]
+    fn add_after_del_before_the_reap_replaces_the_retired_pair() {
+        let s = setup();
+        let spec = dual();
+        let (first, _) = add(&s, &spec).unwrap();
+        del(&s, &spec);
+        let (second, _) = add(&s, &spec).unwrap();
+        assert!(second.created);
+        let host = s.world.ns(s.host);
+        let link = host.by_name(&first.name).unwrap();
+        assert_eq!(link.group, 0);
+        assert_eq!(link.mac, second.mac);
+        block_on(check_pod(&mut s.world.netlink(s.pod), &spec)).unwrap();
+        block_on(reap(&mut s.world.netlink(s.host))).unwrap();
+        block_on(check_host(&mut s.world.netlink(s.host), "keel0", &spec)).unwrap();
+    }
+
+    #[test]
+    fn retiring_from_the_host_only_touches_this_keys_veth() {
         let s = setup();
         let spec = dual();
         let (h, _) = add(&s, &spec).unwrap();
         let mut host = s.world.netlink(s.host);
-        assert!(!block_on(delete_host(&mut host, "c2", "eth0")).unwrap());
+        assert!(!block_on(retire_host(&mut host, "c2", "eth0", true)).unwrap());
         s.world.edit(s.host, |ns| {
             ns.links.values_mut().find(|l| l.name == h.name).unwrap().alias = Some("x".into());
         });
-        assert!(!block_on(delete_host(&mut host, "c1", "eth0")).unwrap(), "alias mismatch");
-        s.world.edit(s.host, |ns| {
-            ns.links.values_mut().find(|l| l.name == h.name).unwrap().alias =
-                Some("keelson:c1/eth0".into());
-        });
-        assert!(block_on(delete_host(&mut host, "c1", "eth0")).unwrap());
-        assert!(s.world.ns(s.pod).by_name("eth0").is_none(), "the peer went with it");
+        assert!(!block_on(retire_host(&mut host, "c1", "eth0", true)).unwrap(), "alias mismatch");
+        assert_eq!(s.world.ns(s.host).by_name(&h.name).unwrap().group, 0);
     }
 
     #[test]

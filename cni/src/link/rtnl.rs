@@ -94,6 +94,7 @@ fn parse_link(m: LinkMessage) -> Link {
         up: m.header.flags.contains(LinkFlags::Up),
         alias: None,
         hairpin: None,
+        group: 0,
     };
     for a in m.attributes {
         match a {
@@ -102,6 +103,7 @@ fn parse_link(m: LinkMessage) -> Link {
             LinkAttribute::Address(a) if a.len() == 6 => link.mac.copy_from_slice(&a),
             LinkAttribute::Controller(i) if i != 0 => link.master = Some(i),
             LinkAttribute::IfAlias(s) => link.alias = Some(s),
+            LinkAttribute::Group(g) => link.group = g,
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
                     match info {
@@ -251,7 +253,28 @@ fn request(op: &Op) -> (RouteNetlinkMessage, u16) {
         Op::AddRoute { dst, gateway, oif } => {
             (RouteNetlinkMessage::NewRoute(route_message(*dst, *gateway, *oif)), CREATE)
         }
+        Op::SetDown(r) => {
+            let mut m = link_message(r);
+            m.header.change_mask = LinkFlags::Up;
+            (RouteNetlinkMessage::SetLink(m), CHANGE)
+        }
+        Op::Rename(index, name) => {
+            let mut m = LinkMessage::default();
+            m.header.index = *index;
+            m.attributes.push(LinkAttribute::IfName(name.clone()));
+            (RouteNetlinkMessage::SetLink(m), CHANGE)
+        }
+        Op::SetGroup(r, g) => {
+            let mut m = link_message(r);
+            m.attributes.push(LinkAttribute::Group(*g));
+            (RouteNetlinkMessage::SetLink(m), CHANGE)
+        }
         Op::DeleteLink(r) => (RouteNetlinkMessage::DelLink(link_message(r)), CHANGE),
+        Op::DeleteGroup(g) => {
+            let mut m = LinkMessage::default();
+            m.attributes.push(LinkAttribute::Group(*g));
+            (RouteNetlinkMessage::DelLink(m), CHANGE)
+        }
     }
 }
 
