@@ -19,6 +19,7 @@
 
 pub mod config;
 pub mod ipam;
+pub mod plugin;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
