@@ -495,6 +495,19 @@ impl Ipam {
         }
     }
 
+    /// The indices of range sets without a free address (an ADD would fail; STATUS reports
+    /// it).
+    pub fn exhausted(&self) -> Result<Vec<usize>> {
+        let _lock = self.store.lock(false)?;
+        let names = self.store.scan()?;
+        Ok((0..self.sets.len())
+            .filter(|&set| {
+                walk(&self.sets[set], self.store.last_reserved(set))
+                    .all(|(_, ip)| names.addresses.contains_key(&ip))
+            })
+            .collect())
+    }
+
     /// Every allocation, ordered by address.
     pub fn list(&self) -> Result<Vec<(AllocKey, IpAddr)>> {
         let _lock = self.store.lock(false)?;

@@ -141,7 +141,9 @@ impl Names {
 
 /// A held `flock`; released on drop.
 #[derive(Debug)]
-pub(crate) struct Lock(#[allow(dead_code)] Flock<File>);
+pub(crate) struct Lock {
+    _flock: Flock<File>,
+}
 
 /// One network's directory.
 #[derive(Debug, Clone)]
@@ -234,7 +236,7 @@ impl Store {
         let arg = if exclusive { FlockArg::LockExclusive } else { FlockArg::LockShared };
         loop {
             match Flock::lock(file, arg) {
-                Ok(lock) => return Ok(Lock(lock)),
+                Ok(flock) => return Ok(Lock { _flock: flock }),
                 Err((f, Errno::EINTR)) => file = f,
                 Err((_, errno)) => return Err(Error::Lock { path, source: errno }),
             }
@@ -410,8 +412,8 @@ impl Store {
     }
 
     /// Records `ip` as the address last handed out from range set `set`, overwriting the
-    /// marker in place. Durable with the next [`Store::sync`] at best; a torn write is read
-    /// as no marker.
+    /// marker in place. Not fsynced: after a crash the marker may be old, unreadable or torn,
+    /// which at worst moves the round-robin position.
     pub(crate) fn set_last_reserved(&self, set: usize, ip: IpAddr) -> Result<()> {
         let path = self.path(&format!("{MARKER_PREFIX}{set}"));
         let file = OpenOptions::new()

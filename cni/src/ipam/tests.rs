@@ -131,6 +131,17 @@ fn exhaustion_of_a_later_set_rolls_back_the_earlier_sets_address() {
 }
 
 #[test]
+fn exhausted_reports_the_full_range_sets() {
+    let dir = tempfile::tempdir().unwrap();
+    let ipam = open(&dir, &[vec![range("10.0.0.0/24")], vec![range("10.1.0.0/30")]]);
+    assert!(ipam.exhausted().unwrap().is_empty());
+    ipam.allocate(&key("a")).unwrap();
+    assert_eq!(ipam.exhausted().unwrap(), [1]);
+    ipam.release(&key("a")).unwrap();
+    assert!(ipam.exhausted().unwrap().is_empty());
+}
+
+#[test]
 fn exhaustion_gives_an_error_naming_the_range() {
     let dir = tempfile::tempdir().unwrap();
     let ipam = open(&dir, &[vec![bounded("10.0.0.0/24", "10.0.0.10", "10.0.0.11")]]);
@@ -468,4 +479,82 @@ fn the_key_hash_is_stable() {
     // Part of the on-disk format: FNV-1a 64 of "abc\0eth0".
     assert_eq!(store::key_hash(&AllocKey::new("abc", "eth0")), 0x540c_4ae8_1be8_1b20);
     assert_ne!(store::key_hash(&AllocKey::new("ab", "ceth0")), store::key_hash(&key("abc")));
+}
+
+/// Set in the environment of the child processes of
+/// [`allocators_killed_mid_operation_leave_a_consistent_state_and_nothing_after_gc`].
+const CHILD_DIR: &str = "KEELSON_IPAM_TEST_CHILD_DIR";
+
+#[test]
+fn allocators_killed_mid_operation_leave_a_consistent_state_and_nothing_after_gc() {
+    let ranges = vec![vec![range("10.0.0.0/24")], vec![range("fd00::/120")]];
+    if let Some(dir) = std::env::var_os(CHILD_DIR) {
+        // Child: allocate and release until killed.
+        let ipam = Ipam::open(std::path::Path::new(&dir), "testnet", &ranges).unwrap();
+        let me = std::process::id();
+        for n in 0u64.. {
+            let k = key(&format!("p{me}-{n}"));
+            ipam.allocate(&k).unwrap();
+            if n % 3 != 0 {
+                ipam.release(&k).unwrap();
+            }
+        }
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ipam = open(&dir, &ranges);
+    let exe = std::env::current_exe().unwrap();
+    for round in 0..3 {
+        let mut children: Vec<std::process::Child> = (0..4)
+            .map(|_| {
+                std::process::Command::new(&exe)
+                    .args([
+                        "--exact",
+                        "ipam::tests::allocators_killed_mid_operation_leave_a_consistent_state_and_nothing_after_gc",
+                        "--test-threads=1",
+                    ])
+                    .env(CHILD_DIR, dir.path())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        // Let them run into each other for a while, then kill -9 all of them.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while ipam.list().unwrap().len() < 20 * (round + 1) && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        for child in &mut children {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+        // Every record readable, every key at most one address per set.
+        let held = ipam.list().unwrap();
+        let mut per_key: std::collections::HashMap<AllocKey, (u32, u32)> = Default::default();
+        for (k, addr) in &held {
+            let slot = per_key.entry(k.clone()).or_default();
+            if addr.is_ipv4() {
+                slot.0 += 1
+            } else {
+                slot.1 += 1
+            }
+        }
+        assert!(per_key.values().all(|&(v4, v6)| v4 <= 1 && v6 <= 1), "{held:?}");
+        // Each surviving key still gets exactly its addresses back.
+        for k in per_key.keys().take(5) {
+            assert_eq!(ipam.allocate(k).unwrap().len(), 2);
+        }
+    }
+    assert!(!ipam.list().unwrap().is_empty());
+    ipam.gc(|_| false).unwrap();
+    assert!(ipam.list().unwrap().is_empty());
+    let mut left: Vec<String> = std::fs::read_dir(ipam.dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with("last_reserved."))
+        .collect();
+    left.sort();
+    assert_eq!(left, ["VERSION", "lock"]);
 }
