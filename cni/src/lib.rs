@@ -18,8 +18,10 @@
 //! Limits: one bridge per node; overlay and inter-node routes come with the cluster issues.
 
 pub mod config;
+pub mod ipam;
 pub mod link;
 pub mod netns;
+pub mod plugin;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
