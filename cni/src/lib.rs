@@ -21,7 +21,12 @@ pub mod config;
 pub mod ipam;
 pub mod link;
 pub mod netns;
+mod network;
 pub mod plugin;
+
+pub use network::{
+    BoxError, Error, ErrorKind, GcReport, Masquerader, Network, NoMasquerader, Status,
+};
 
 use std::net::IpAddr;
 use std::path::PathBuf;

@@ -187,7 +187,7 @@ where
 {
     let ns = ns.map(dup).transpose()?;
     let (tx, rx) = tokio::sync::oneshot::channel();
-    spawn(move || {
+    thread(move || {
         let _ = tx.send(enter_and_run(ns.as_ref(), work));
     })?;
     rx.await.map_err(|_| Error::Panicked)?
@@ -200,20 +200,26 @@ where
     Fut: Future<Output = T>,
     T: Send + 'static,
 {
+    spawn(ns, work)?.join().map_err(|_| Error::Panicked)?
+}
+
+/// [`run`] without waiting: starts the thread and returns its handle (for long-lived workers).
+pub fn spawn<T, F, Fut>(ns: Option<&Netns>, work: F) -> Result<std::thread::JoinHandle<Result<T>>>
+where
+    F: FnOnce(NsThread) -> Fut + Send + 'static,
+    Fut: Future<Output = T>,
+    T: Send + 'static,
+{
     let ns = ns.map(dup).transpose()?;
-    let handle = spawn(move || enter_and_run(ns.as_ref(), work))?;
-    handle.join().map_err(|_| Error::Panicked)?
+    thread(move || enter_and_run(ns.as_ref(), work))
 }
 
 fn dup(ns: &Netns) -> Result<Netns> {
-    let fd = ns
-        .fd
-        .try_clone()
-        .map_err(|source| Error::Open { path: ns.path.clone(), source })?;
+    let fd = ns.fd.try_clone().map_err(|source| Error::Open { path: ns.path.clone(), source })?;
     Ok(Netns { fd, path: ns.path.clone() })
 }
 
-fn spawn<T: Send + 'static>(
+fn thread<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<std::thread::JoinHandle<T>> {
     std::thread::Builder::new()
@@ -243,7 +249,7 @@ where
 /// returns it open.
 pub fn create(path: &Path) -> Result<Netns> {
     let path = path.to_owned();
-    let handle = spawn(move || -> Result<Netns> {
+    let handle = thread(move || -> Result<Netns> {
         nix::sched::unshare(CloneFlags::CLONE_NEWNET).map_err(Error::Unshare)?;
         let pin_err = |source| Error::Pin { path: path.clone(), source };
         std::fs::OpenOptions::new().write(true).create_new(true).open(&path).map_err(pin_err)?;
@@ -276,6 +282,7 @@ pub fn remove(path: &Path) -> Result<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
 

@@ -4,9 +4,7 @@
 
 use ipnet::IpNet;
 
-use super::{
-    ensure_sysctl, random_mac, Error, Link, LinkRef, Netlink, Op, Result, Sysctl,
-};
+use super::{ensure_sysctl, random_mac, Error, Link, LinkRef, Netlink, Op, Result, Sysctl};
 use crate::config::Mtu;
 
 /// MTU when the host namespace has no default route.
@@ -117,6 +115,7 @@ pub async fn ensure(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
     use crate::config::Overlay;

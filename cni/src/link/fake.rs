@@ -95,6 +95,9 @@ impl FakeNs {
     }
 }
 
+/// Selects the operations an injected failure applies to.
+pub type OpMatcher = fn(&Op) -> bool;
+
 #[derive(Debug)]
 struct World {
     namespaces: Vec<FakeNs>,
@@ -103,7 +106,7 @@ struct World {
     /// Veth peers: (ns, index) both ways.
     peers: HashMap<(usize, u32), (usize, u32)>,
     /// Injected failures: the first operation matching fails with the errno, once.
-    failures: Vec<(fn(&Op) -> bool, i32)>,
+    failures: Vec<(OpMatcher, i32)>,
 }
 
 /// A shared world of simulated namespaces.
@@ -203,7 +206,7 @@ impl FakeWorld {
     }
 
     /// Makes the next operation that `matches` fail with `errno`.
-    pub fn fail_once(&self, matches: fn(&Op) -> bool, errno: i32) {
+    pub fn fail_once(&self, matches: OpMatcher, errno: i32) {
         self.lock().failures.push((matches, errno));
     }
 }
@@ -249,8 +252,7 @@ fn apply_one(w: &mut World, ns: usize, op: &Op) -> Result<()> {
                 return Err(errno(op, libc::EBADF));
             };
             let here = &w.namespaces[ns];
-            if here.by_name(&v.host).is_some() || w.namespaces[peer_ns].by_name(&v.peer).is_some()
-            {
+            if here.by_name(&v.host).is_some() || w.namespaces[peer_ns].by_name(&v.peer).is_some() {
                 return Err(errno(op, libc::EEXIST));
             }
             match here.links.get(&v.master) {
@@ -427,7 +429,12 @@ impl Netlink for FakeNetlink {
 
     async fn default_routes(&mut self) -> Result<Vec<Route>> {
         self.with(|w, ns| {
-            Ok(w.namespaces[ns].routes.iter().filter(|r| r.dst.prefix_len() == 0).cloned().collect())
+            Ok(w.namespaces[ns]
+                .routes
+                .iter()
+                .filter(|r| r.dst.prefix_len() == 0)
+                .cloned()
+                .collect())
         })
     }
 

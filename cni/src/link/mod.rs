@@ -254,13 +254,19 @@ impl std::fmt::Display for Op {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Op::CreateBridge { name, mtu, .. } => write!(f, "create bridge {name} mtu {mtu}"),
-            Op::CreateVeth(v) => write!(f, "create veth {} (peer {}) on {}", v.host, v.peer, v.master),
+            Op::CreateVeth(v) => {
+                write!(f, "create veth {} (peer {}) on {}", v.host, v.peer, v.master)
+            }
             Op::SetUp(l) => write!(f, "set {l} up"),
             Op::SetMtu(l, m) => write!(f, "set {l} mtu {m}"),
             Op::SetMaster(l, m) => write!(f, "enslave {l} to link {m}"),
             Op::SetHairpin(l, on) => write!(f, "set hairpin {on} on {l}"),
-            Op::AddAddress { index, address, .. } => write!(f, "add address {address} to link {index}"),
-            Op::AddRoute { dst, gateway, oif } => write!(f, "add route {dst} via {gateway} dev {oif}"),
+            Op::AddAddress { index, address, .. } => {
+                write!(f, "add address {address} to link {index}")
+            }
+            Op::AddRoute { dst, gateway, oif } => {
+                write!(f, "add route {dst} via {gateway} dev {oif}")
+            }
             Op::SetDown(l) => write!(f, "set {l} down"),
             Op::Rename(i, n) => write!(f, "rename link {i} to {n}"),
             Op::SetGroup(l, g) => write!(f, "move {l} to group {g}"),
@@ -326,6 +332,7 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
 

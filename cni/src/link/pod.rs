@@ -27,8 +27,8 @@ use std::os::fd::RawFd;
 use ipnet::IpNet;
 
 use super::{
-    host_veth_alias, host_veth_name, parse_alias, random_mac, retired_name, Error, Link,
-    LinkRef, Netlink, Op, Result, Route, Sysctl, VethSpec, LOOPBACK_INDEX, RETIRED_GROUP,
+    host_veth_alias, host_veth_name, parse_alias, random_mac, retired_name, Error, Link, LinkRef,
+    Netlink, Op, Result, Route, Sysctl, VethSpec, LOOPBACK_INDEX, RETIRED_GROUP,
 };
 use crate::link::bridge::Bridge;
 use crate::IpConfig;
@@ -208,7 +208,7 @@ pub fn plan_pod(state: &PodState, spec: &PodSpec) -> Vec<Op> {
         ops.push(Op::SetUp(LinkRef::Index(index)));
     }
     for ip in &spec.ips {
-        if !state.addresses.iter().any(|a| *a == ip.address) {
+        if !state.addresses.contains(&ip.address) {
             let nodad = ip.address.addr().is_ipv6();
             ops.push(Op::AddAddress { index, address: ip.address, nodad });
         }
@@ -404,6 +404,7 @@ pub async fn ports(nl: &mut impl Netlink, bridge: &str) -> Result<Vec<Port>> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
     use crate::link::fake::FakeWorld;

@@ -6,8 +6,7 @@ use std::net::IpAddr;
 use futures::stream::{Stream, StreamExt};
 use ipnet::IpNet;
 use rtnetlink::packet_core::{
-    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
-    NLM_F_REQUEST,
+    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
 };
 use rtnetlink::packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope,
@@ -17,8 +16,7 @@ use rtnetlink::packet_route::link::{
     LinkFlags, LinkInfo, LinkMessage,
 };
 use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
-    RouteType,
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 
@@ -281,7 +279,8 @@ fn request(op: &Op) -> (RouteNetlinkMessage, u16) {
 impl Netlink for RtNetlink {
     async fn link(&mut self, r: &LinkRef) -> Result<Option<Link>> {
         let op = || format!("get {r}");
-        let replies = self.send(RouteNetlinkMessage::GetLink(link_message(r)), NLM_F_REQUEST, &op)?;
+        let replies =
+            self.send(RouteNetlinkMessage::GetLink(link_message(r)), NLM_F_REQUEST, &op)?;
         match collect(replies, &op).await {
             Ok(msgs) => Ok(msgs.into_iter().find_map(|m| match m {
                 RouteNetlinkMessage::NewLink(l) => Some(parse_link(l)),
