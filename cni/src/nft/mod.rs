@@ -9,7 +9,7 @@
 //! with hand derivations from those headers.
 //!
 //! Layers:
-//! - [`wire`](self): netlink and attribute framing (private).
+//! - `wire` (private): netlink and attribute framing.
 //! - [`Expr`]: the expressions masquerade needs (`meta`, `payload`, `bitwise`, `cmp`,
 //!   `lookup`, `counter`, `masq`).
 //! - [`Batch`]: tables, chains, interval sets and their elements, rules; encoded as one
