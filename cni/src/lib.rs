@@ -18,6 +18,7 @@
 //! Limits: one bridge per node; overlay and inter-node routes come with the cluster issues.
 
 pub mod config;
+pub mod nft;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
