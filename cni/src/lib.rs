@@ -18,7 +18,9 @@
 //! Limits: one bridge per node; overlay and inter-node routes come with the cluster issues.
 
 pub mod config;
+pub mod ipam;
 pub mod nft;
+pub mod plugin;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
