@@ -22,6 +22,7 @@ pub mod ipam;
 pub mod link;
 pub mod netns;
 mod network;
+pub mod nft;
 pub mod plugin;
 
 pub use network::{

@@ -98,6 +98,9 @@ pub enum Error {
     /// The OCI spec could not be built.
     #[error("build OCI spec")]
     Spec(#[from] crate::spec::Error),
+    /// The seccomp profile could not be compiled or written to the bundle.
+    #[error("prepare seccomp filter")]
+    SeccompFilter(#[from] crate::spec::filter::FilterError),
     /// A cgroup operation failed.
     #[error("cgroup")]
     Cgroup(#[from] crate::cgroup::Error),

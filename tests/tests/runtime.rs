@@ -508,24 +508,45 @@ fn runtime_default_seccomp_refuses_user_namespaces_that_unconfined_allows() {
         let env = env().await?;
         let sb = env.sandbox("seccomp").await?;
         let mut ev = env.rt.events();
-        let confined = env.run(&sb, container("confined", &["unshare", "-U", "true"])).await?;
-        let mut c = container("unconfined", &["unshare", "-U", "true"]);
+        let probe = ["sh", "-c", "grep Seccomp: /proc/self/status; unshare -U true"];
+        // no_new_privs: the shim's executor loads the program the runtime compiled.
+        let compiled = env.run(&sb, container("compiled", &probe)).await?;
+        // Escalation allowed and no CAP_SYS_ADMIN: libcontainer loads the profile itself.
+        let mut c = container("libcontainer", &probe);
+        c.security.allow_privilege_escalation = Some(true);
+        let loaded = env.run(&sb, c).await?;
+        let mut c = container("unconfined", &probe);
         c.security.seccomp = SeccompProfile::Unconfined;
         let unconfined = env.run(&sb, c).await?;
-        let a = env.wait_exit(&mut ev, &confined).await?;
+        for id in [&compiled, &loaded] {
+            let exit = env.wait_exit(&mut ev, id).await?;
+            let log = env.log_text(id).await?;
+            assert_ne!(
+                exit.exit_code,
+                Some(0),
+                "{id}: RuntimeDefault let unshare -U through: {log}"
+            );
+            assert!(log.contains("Seccomp:\t2"), "{id}: not in filter mode: {log}");
+        }
         let b = env.wait_exit(&mut ev, &unconfined).await?;
-        assert_ne!(
-            a.exit_code,
-            Some(0),
-            "RuntimeDefault let unshare -U through: {}",
-            env.log_text(&confined).await?
-        );
-        assert_eq!(
-            b.exit_code,
-            Some(0),
-            "unconfined unshare -U failed: {}",
-            env.log_text(&unconfined).await?
-        );
+        let log = env.log_text(&unconfined).await?;
+        assert_eq!(b.exit_code, Some(0), "unconfined unshare -U failed: {log}");
+        assert!(log.contains("Seccomp:\t0"), "unconfined is filtered: {log}");
+
+        // An exec into a container whose program the executor loads is filtered too.
+        let main = env.run(&sb, container("main", &["sleep", "1000"])).await?;
+        let mut ex = env
+            .rt
+            .exec(
+                &main,
+                ExecConfig { command: probe.map(String::from).to_vec(), ..Default::default() },
+            )
+            .await?;
+        let mut out = String::new();
+        let mut so = ex.stdout.take().context("stdout")?;
+        tokio::time::timeout(Duration::from_secs(20), so.read_to_string(&mut out)).await??;
+        assert_ne!(ex.wait().await?.code, 0, "exec let unshare -U through: {out}");
+        assert!(out.contains("Seccomp:\t2"), "exec is not filtered: {out}");
         Ok(())
     })
     .expect("test body failed");

@@ -1,4 +1,5 @@
-//! The RuntimeDefault profile as libcontainer 0.7 loads it, on a real kernel.
+//! The RuntimeDefault profile on a real kernel, as libcontainer 0.7 loads it and as the runtime
+//! compiles it once and the shim loads it (`keelson_runtime::spec::filter`).
 //!
 //! Each check runs on a dedicated thread: `no_new_privs` and a seccomp filter without TSYNC
 //! bind only the calling thread, so they end with it and never leak into other tests. Needs no
@@ -11,7 +12,9 @@
 //! swap must go.
 
 use keelson_runtime::spec::caps;
+use keelson_runtime::spec::filter::FilterCache;
 use keelson_runtime::spec::seccomp::{swap_masked_eq_for_libcontainer, Profile, TargetArch};
+use keelson_shim_proto::seccomp::Program;
 use oci_spec::runtime::{Capabilities, Capability, LinuxSeccomp};
 
 /// What a few syscalls return under a filter.
@@ -54,14 +57,36 @@ fn try_clone(flags: libc::c_int) -> i32 {
     result
 }
 
-/// Loads `seccomp` with libcontainer on a fresh thread and probes it there.
-fn probe(seccomp: LinuxSeccomp) -> Outcome {
+/// Who loads the filter: libcontainer from the profile, or the shim's executor from the
+/// program the runtime compiled and cached.
+#[derive(Debug, Clone, Copy)]
+enum Loader {
+    Libcontainer,
+    Compiled,
+}
+
+/// Loads `seccomp` on a fresh thread and probes it there.
+fn probe(seccomp: LinuxSeccomp, loader: Loader) -> Outcome {
+    let program = match loader {
+        Loader::Libcontainer => None,
+        Loader::Compiled => {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let cache = FilterCache::new(dir.path());
+            let bytes = cache.program(&seccomp).expect("compiles");
+            Some(Program::parse(&bytes).expect("a program"))
+        }
+    };
     std::thread::spawn(move || {
         // SAFETY: prctl with constant arguments; affects only this thread.
         let nnp = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
         assert_eq!(nnp, 0, "set no_new_privs");
-        libcontainer::seccomp::initialize_seccomp(&seccomp)
-            .expect("libcontainer loads the profile");
+        match program {
+            None => {
+                libcontainer::seccomp::initialize_seccomp(&seccomp)
+                    .expect("libcontainer loads the profile");
+            }
+            Some(p) => p.load().expect("the kernel takes the program"),
+        }
         Outcome {
             plain_clone: try_clone(0),
             clone_newuser: try_clone(libc::CLONE_NEWUSER),
@@ -85,7 +110,7 @@ fn runtime_default(bounding: &Capabilities) -> LinuxSeccomp {
 fn adapted_runtime_default_refuses_namespaces_without_sys_admin_under_libcontainer() {
     let mut seccomp = runtime_default(&caps::default_set());
     swap_masked_eq_for_libcontainer(&mut seccomp);
-    let got = probe(seccomp);
+    let got = probe(seccomp, Loader::Libcontainer);
     assert_eq!(
         got,
         Outcome {
@@ -103,7 +128,7 @@ fn unadapted_profile_lets_libcontainer_allow_clone_newuser() {
         eprintln!("SKIP: creating a user namespace may be refused to non-root users");
         return;
     }
-    let got = probe(runtime_default(&caps::default_set()));
+    let got = probe(runtime_default(&caps::default_set()), Loader::Libcontainer);
     assert_eq!(got.plain_clone, OK);
     assert_eq!(
         got.clone_newuser, OK,
@@ -121,9 +146,38 @@ fn sys_admin_rules_allow_clone_newuser_under_libcontainer() {
     bounding.insert(Capability::SysAdmin);
     let mut seccomp = runtime_default(&bounding);
     swap_masked_eq_for_libcontainer(&mut seccomp);
-    let got = probe(seccomp);
+    let got = probe(seccomp, Loader::Libcontainer);
     assert_eq!(got.plain_clone, OK);
     assert_eq!(got.clone_newuser, OK);
     // Allowed by the filter; the kernel itself refuses a user namespace to a threaded process.
     assert_eq!(got.unshare_newuser, libc::EINVAL);
+}
+
+#[test]
+fn compiled_runtime_default_refuses_namespaces_without_sys_admin() {
+    let got = probe(runtime_default(&caps::default_set()), Loader::Compiled);
+    assert_eq!(
+        got,
+        Outcome {
+            plain_clone: OK,
+            clone_newuser: libc::EPERM,
+            unshare_newuser: libc::EPERM,
+            clone3: libc::ENOSYS,
+        }
+    );
+}
+
+#[test]
+fn compiled_sys_admin_rules_allow_clone_newuser() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIP: creating a user namespace may be refused to non-root users");
+        return;
+    }
+    let mut bounding = caps::default_set();
+    bounding.insert(Capability::SysAdmin);
+    let got = probe(runtime_default(&bounding), Loader::Compiled);
+    assert_eq!(got.plain_clone, OK);
+    assert_eq!(got.clone_newuser, OK);
+    assert_eq!(got.unshare_newuser, libc::EINVAL);
+    assert_ne!(got.clone3, libc::ENOSYS, "clone3 is allowed with CAP_SYS_ADMIN");
 }

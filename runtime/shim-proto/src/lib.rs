@@ -23,6 +23,7 @@
 
 pub mod cri_log;
 pub mod fdpass;
+pub mod seccomp;
 pub mod state;
 
 use std::path::PathBuf;

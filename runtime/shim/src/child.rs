@@ -130,10 +130,16 @@ fn run(
         Job::Create { id, .. } => id.clone(),
         Job::Exec { container_id, .. } => container_id.clone(),
     };
+    let bundle = match &job {
+        Job::Create { bundle, .. } => bundle.as_path(),
+        Job::Exec { process_path, .. } => process_path.parent().unwrap_or(Path::new("/")),
+    };
+    let executor = crate::executor::SeccompExecutor::for_bundle(bundle)?;
     let mut b = ContainerBuilder::new(id, SyscallType::Linux)
         .with_root_path(root)
         .map_err(|e| format!("libcontainer root {}: {}", root.display(), chain(&e)))?
-        .with_console_socket(stdio.console.as_deref());
+        .with_console_socket(stdio.console.as_deref())
+        .with_executor(executor);
     if let Some(fd) = stdio.stdin {
         b = b.with_stdin(fd);
     }

@@ -13,6 +13,7 @@
 //! No tokio and no threads: the shim is a long-lived process per pod, so its memory matters.
 
 mod child;
+mod executor;
 mod oneshot;
 mod server;
 mod sys;

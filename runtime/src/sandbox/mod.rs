@@ -108,6 +108,8 @@ struct Inner {
     sandboxes: Mutex<BTreeMap<SandboxId, Sandbox>>,
     containers: Mutex<BTreeMap<ContainerId, ContainerRecord>>,
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Compiled seccomp programs, shared by every container with the same profile.
+    filters: spec::filter::FilterCache,
 }
 
 impl Drop for Inner {
@@ -214,8 +216,10 @@ impl ShimRuntime {
             std::fs::create_dir_all(&d).map_err(io_err("create", &d))?;
         }
         let (events, _) = broadcast::channel(1024);
+        let filters = spec::filter::FilterCache::new(cfg.state_dir.join("seccomp"));
         let rt = Self {
             inner: Arc::new(Inner {
+                filters,
                 cfg,
                 network,
                 events,
@@ -675,8 +679,11 @@ impl ShimRuntime {
             etc_files: &etc,
         };
         let mut spec = spec::build(&input)?;
-        // libcontainer reads masked seccomp comparisons the other way round from the spec;
-        // the bundle is only ever read by libcontainer (create and exec).
+        // The seccomp program is compiled once per profile and loaded by the shim's executor
+        // when it can be; otherwise libcontainer loads the profile, and it reads masked
+        // comparisons the other way round from the spec. The bundle is only ever read by
+        // libcontainer and the shim (create and exec).
+        spec::filter::prepare_bundle_seccomp(&self.inner.filters, &mut spec, bundle)?;
         spec::adapt_for_libcontainer(&mut spec);
         let cfg_path = bundle.join("config.json");
         spec.save(&cfg_path)

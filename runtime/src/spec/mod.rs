@@ -23,6 +23,7 @@
 //! set it later), sysctls are the sandbox's business.
 
 pub mod caps;
+pub mod filter;
 pub mod seccomp;
 pub mod user;
 
@@ -831,12 +832,22 @@ fn resources(r: &Resources, privileged: bool) -> Result<LinuxResources> {
     b.build().map_err(oci("linux.resources"))
 }
 
-/// Adapts a spec for libcontainer 0.7 before it creates the container: swaps the operands of
-/// masked seccomp comparisons, which libcontainer reads the other way round from runc (see
-/// [`seccomp::swap_masked_eq_for_libcontainer`]; without it, `clone` with namespace flags is
-/// allowed under RuntimeDefault). libcontainer reads `<bundle>/config.json`: write the adapted
-/// spec there, and the unadapted one wherever runc or crun will read it.
+/// Adapts a spec for libcontainer 0.7 before it creates the container:
+/// - swaps the operands of masked seccomp comparisons, which libcontainer reads the other way
+///   round from runc (see [`seccomp::swap_masked_eq_for_libcontainer`]; without it, `clone`
+///   with namespace flags is allowed under RuntimeDefault);
+/// - writes `noNewPrivileges: false` as absent (the spec's default): libcontainer decides when
+///   to load the seccomp filter by whether the field is present, not by its value, and with
+///   `false` present it loads the filter after dropping CAP_SYS_ADMIN, which the kernel refuses.
+///
+/// libcontainer reads `<bundle>/config.json`: write the adapted spec there, and the unadapted
+/// one wherever runc or crun will read it.
 pub fn adapt_for_libcontainer(spec: &mut Spec) {
+    if let Some(process) = spec.process_mut() {
+        if process.no_new_privileges() == Some(false) {
+            process.set_no_new_privileges(None);
+        }
+    }
     if let Some(linux) = spec.linux_mut() {
         if let Some(seccomp) = linux.seccomp_mut() {
             seccomp::swap_masked_eq_for_libcontainer(seccomp);

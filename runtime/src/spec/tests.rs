@@ -670,10 +670,113 @@ fn adapting_for_libcontainer_swaps_only_the_masked_comparisons() {
     assert_eq!((arg.value(), arg.value_two()), (0, Some(0x7e02_0000)));
     adapt_for_libcontainer(&mut adapted);
     assert_eq!(adapted, spec);
-    // Nothing to do without seccomp.
+    // Nothing to do without seccomp (no_new_privs is set here).
     let mut unconfined = spec.clone();
     unconfined.linux_mut().as_mut().unwrap().set_seccomp(None);
     let before = unconfined.clone();
     adapt_for_libcontainer(&mut unconfined);
     assert_eq!(unconfined, before);
+}
+
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn runtime_default_compiles_once_per_profile_to_a_kernel_sized_program() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = filter::FilterCache::new(dir.path().join("seccomp"));
+    let spec = Fixture::new().build();
+    let seccomp = linux(&spec).seccomp().clone().unwrap();
+    let first = cache.program(&seccomp).unwrap();
+    let program = keelson_shim_proto::seccomp::Program::parse(&first).unwrap();
+    // ~350 syscalls on three architectures, with argument checks: hundreds of instructions.
+    assert!(program.len() > 300, "{} instructions", program.len());
+    let again = cache.program(&seccomp).unwrap();
+    assert!(std::sync::Arc::ptr_eq(&first, &again), "compiled twice");
+    assert_eq!(files_in(&dir.path().join("seccomp")).len(), 1);
+
+    // Another profile (CAP_SYS_ADMIN's rules) is another program and another file.
+    let mut f = Fixture::new();
+    f.container.security.capabilities.add = vec!["SYS_ADMIN".into()];
+    let admin = linux(&f.build()).seccomp().clone().unwrap();
+    assert_ne!(*cache.program(&admin).unwrap(), *first);
+    assert_eq!(files_in(&dir.path().join("seccomp")).len(), 2);
+
+    // A restarted runtime reads the file; a torn one is compiled again.
+    let file = files_in(&dir.path().join("seccomp"))
+        .into_iter()
+        .find(|p| std::fs::read(p).unwrap() == *first);
+    let file = file.unwrap();
+    let reopened = filter::FilterCache::new(dir.path().join("seccomp"));
+    assert_eq!(*reopened.program(&seccomp).unwrap(), *first);
+    std::fs::write(&file, [1, 2, 3]).unwrap();
+    let repaired = filter::FilterCache::new(dir.path().join("seccomp"));
+    assert_eq!(*repaired.program(&seccomp).unwrap(), *first);
+    assert_eq!(std::fs::read(&file).unwrap(), *first);
+}
+
+#[test]
+fn the_executor_loads_the_filter_only_when_the_process_can() {
+    // RuntimeDefault sets no_new_privs unless escalation is allowed.
+    let mut f = Fixture::new();
+    assert!(filter::executor_can_load(&f.build()));
+    f.container.security.allow_privilege_escalation = Some(true);
+    assert!(!filter::executor_can_load(&f.build()), "no nnp and no CAP_SYS_ADMIN");
+    f.container.security.capabilities.add = vec!["SYS_ADMIN".into()];
+    assert!(filter::executor_can_load(&f.build()), "CAP_SYS_ADMIN stays effective");
+
+    // Profiles that need libcontainer's plumbing stay with libcontainer.
+    let mut notify = Fixture::new().build();
+    let sc = notify.linux_mut().as_mut().unwrap().seccomp_mut().as_mut().unwrap();
+    let mut rules = sc.syscalls().clone().unwrap();
+    rules[0].set_action(LinuxSeccompAction::ScmpActNotify);
+    sc.set_syscalls(Some(rules));
+    assert!(!filter::executor_can_load(&notify));
+    let mut flagged = Fixture::new().build();
+    let sc = flagged.linux_mut().as_mut().unwrap().seccomp_mut().as_mut().unwrap();
+    sc.set_flags(Some(vec![oci_spec::runtime::LinuxSeccompFilterFlag::SeccompFilterFlagLog]));
+    assert!(!filter::executor_can_load(&flagged));
+}
+
+#[test]
+fn bundles_carry_either_the_program_or_the_profile_never_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = filter::FilterCache::new(dir.path().join("cache"));
+    let bundle = dir.path().join("bundle");
+    std::fs::create_dir(&bundle).unwrap();
+    let program_file = bundle.join(filter::BUNDLE_FILTER);
+
+    let mut fast = Fixture::new().build();
+    assert!(filter::prepare_bundle_seccomp(&cache, &mut fast, &bundle).unwrap());
+    assert!(linux(&fast).seccomp().is_none(), "libcontainer would compile it again");
+    assert!(program_file.exists());
+
+    let mut f = Fixture::new();
+    f.container.security.allow_privilege_escalation = Some(true);
+    let mut slow = f.build();
+    let before = slow.clone();
+    assert!(!filter::prepare_bundle_seccomp(&cache, &mut slow, &bundle).unwrap());
+    assert_eq!(slow, before);
+    assert!(!program_file.exists(), "a stale program would be loaded on top");
+
+    let mut unconfined = Fixture::new().build();
+    unconfined.linux_mut().as_mut().unwrap().set_seccomp(None);
+    assert!(!filter::prepare_bundle_seccomp(&cache, &mut unconfined, &bundle).unwrap());
+    assert!(!program_file.exists());
+}
+
+#[test]
+fn adapting_for_libcontainer_writes_escalation_allowed_as_absent_no_new_privs() {
+    let mut f = Fixture::new();
+    f.container.security.allow_privilege_escalation = Some(true);
+    let mut spec = f.build();
+    assert_eq!(process(&spec).no_new_privileges(), Some(false));
+    adapt_for_libcontainer(&mut spec);
+    assert_eq!(process(&spec).no_new_privileges(), None);
+    let mut nnp = Fixture::new().build();
+    adapt_for_libcontainer(&mut nnp);
+    assert_eq!(process(&nnp).no_new_privileges(), Some(true));
 }

@@ -4,9 +4,11 @@
 //!   `keelson-shim run`, made by Keelson's own image store and spec builder. The rootfs is a
 //!   plain copy of the image's unpacked layers in `OUT/rootfs` (no mount stays behind).
 //!   `OUT/config.json` is the spec as built (what crun and runc read); `OUT/keelson/config.json`
-//!   is the same spec passed through `spec::adapt_for_libcontainer` (what libcontainer reads;
-//!   the adaptation swaps masked seccomp operands, which crun and runc would read with
-//!   different semantics, so they must not get it). Both name the same absolute rootfs.
+//!   is the same spec prepared as the runtime prepares bundles: the seccomp profile compiled
+//!   once to `OUT/keelson/seccomp.bpf` for the shim's executor (`spec::filter`), then
+//!   `spec::adapt_for_libcontainer` (what libcontainer reads; crun and runc would read the
+//!   adaptation with different semantics, so they must not get it). Both name the same
+//!   absolute rootfs.
 //! - `full --images DIR --runs N --work DIR`: through the `Runtime` trait (`ShimRuntime`,
 //!   `NoNetwork`): image import, pod sandbox creation without network, and the full container
 //!   path (create, start, exit event, remove) of `true`. Prints `BENCH <figure> <value> <unit>`.
@@ -192,13 +194,16 @@ fn export_bundle(
     }
     let plain = out.join("config.json");
     built.save(&plain).with_context(|| format!("write {}", plain.display()))?;
-    let mut adapted = built.clone();
-    spec::adapt_for_libcontainer(&mut adapted);
     let kdir = out.join("keelson");
     std::fs::create_dir_all(&kdir)?;
+    // As the runtime prepares a bundle: the profile compiled once (here, per export) and
+    // loaded by the shim's executor, or left to libcontainer when the process could not load it.
+    let mut adapted = built.clone();
+    let cache = spec::filter::FilterCache::new(out.join("seccomp-cache"));
+    let compiled = spec::filter::prepare_bundle_seccomp(&cache, &mut adapted, &kdir)?;
+    spec::adapt_for_libcontainer(&mut adapted);
     let kcfg = kdir.join("config.json");
     adapted.save(&kcfg).with_context(|| format!("write {}", kcfg.display()))?;
-    let same = serde_json::to_value(&built)? == serde_json::to_value(&adapted)?;
     println!(
         "bundle {}: rootfs {} (copy of {} layer(s) of {}); crun/runc read {}; keelson-shim reads {} ({})",
         out.display(),
@@ -207,10 +212,10 @@ fn export_bundle(
         image.display(),
         plain.display(),
         kcfg.display(),
-        if same {
-            "identical: the adaptation changes nothing in this spec"
+        if compiled {
+            "seccomp compiled once to keelson/seccomp.bpf, loaded by the shim's executor"
         } else {
-            "adapted for libcontainer: masked seccomp operands swapped"
+            "seccomp loaded by libcontainer"
         }
     );
     Ok(())
