@@ -26,7 +26,7 @@ pub mod nft;
 pub mod plugin;
 
 pub use network::{
-    BoxError, Error, ErrorKind, GcReport, Masquerader, Network, NoMasquerader, Status,
+    BoxError, Error, ErrorKind, GcReport, Masquerader, Network, NftMasquerader, Status,
 };
 
 use std::net::IpAddr;

@@ -25,12 +25,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use ipnet::IpNet;
 
-use crate::config::{Masquerade, Mtu, NetworkConfig};
+use crate::config::{Mtu, NetworkConfig};
 use crate::ipam::{self, AllocKey, Ipam};
 use crate::link::bridge::{self, Bridge, BridgeSpec};
 use crate::link::pod::{self, PodSpec};
 use crate::link::{self, RtNetlink};
 use crate::netns::{self, Netns};
+use crate::nft::{self, MasqueradeRules};
 use crate::{Attach, Attachment};
 
 /// A boxed error of a pluggable part.
@@ -166,22 +167,21 @@ impl Error {
     }
 }
 
-/// Egress masquerade rules, ensured on the host namespace's thread (the nf_tables module
-/// implements it; tests use a fake).
+/// Egress masquerade rules, ensured on the host namespace's thread: [`NftMasquerader`] in
+/// production, a fake in tests.
 pub trait Masquerader: Send + Sync + std::fmt::Debug {
-    /// Makes traffic from `pod_cidrs` leaving through any interface but `bridge` carry the
-    /// node's address, unless it goes to a cluster or service CIDR of `cfg`. Idempotent.
-    fn ensure(&self, cfg: &Masquerade, bridge: &str, pod_cidrs: &[IpNet]) -> Result<(), BoxError>;
+    /// Installs `rules` in the calling thread's network namespace, replacing what an earlier
+    /// call installed. Idempotent.
+    fn ensure(&self, rules: &MasqueradeRules) -> Result<(), BoxError>;
 }
 
-/// The [`Masquerader`] of a build without the nf_tables encoder: refuses, so a configuration
-/// asking for masquerade fails loudly instead of running without it.
+/// The [`Masquerader`] over our nf_tables encoder ([`crate::nft`]).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct NoMasquerader;
+pub struct NftMasquerader;
 
-impl Masquerader for NoMasquerader {
-    fn ensure(&self, _: &Masquerade, _: &str, _: &[IpNet]) -> Result<(), BoxError> {
-        Err("masquerade is configured but this build has no nf_tables encoder".into())
+impl Masquerader for NftMasquerader {
+    fn ensure(&self, rules: &MasqueradeRules) -> Result<(), BoxError> {
+        Ok(nft::ensure(rules)?)
     }
 }
 
@@ -216,10 +216,9 @@ pub struct Network {
 
 impl Network {
     /// Validates `cfg`; touches nothing (the state directory, the bridge and the rules are
-    /// made on first use). Masquerade, if configured, fails at first use: see
-    /// [`Network::with_masquerader`].
+    /// made on first use).
     pub fn new(cfg: NetworkConfig) -> Result<Network> {
-        Self::with_masquerader(cfg, Arc::new(NoMasquerader))
+        Self::with_masquerader(cfg, Arc::new(NftMasquerader))
     }
 
     /// [`Network::new`] with the egress masquerade implementation.
@@ -303,9 +302,7 @@ impl Network {
             mtu: self.cfg.mtu,
             gateways: self.gateways.clone(),
         };
-        let masq = self.cfg.masquerade.clone().map(|m| (m, self.masquerader.clone()));
-        let pod_cidrs: Vec<IpNet> =
-            self.cfg.ranges.iter().flatten().map(|r| r.subnet.trunc()).collect();
+        let masq = MasqueradeRules::from_config(&self.cfg).map(|r| (r, self.masquerader.clone()));
         let host = self.host_netns("*")?;
         let b = netns::run(host.as_ref(), move |t| async move {
             let mut nl = RtNetlink::new(
@@ -314,8 +311,8 @@ impl Network {
             let b = bridge::ensure(&mut nl, &mut t.sysctl(), &spec).await.map_err(|source| {
                 Error::Link { what: format!("ensure bridge {}", spec.name), source }
             })?;
-            if let Some((cfg, m)) = masq {
-                m.ensure(&cfg, &spec.name, &pod_cidrs).map_err(Error::Masquerade)?;
+            if let Some((rules, m)) = masq {
+                m.ensure(&rules).map_err(Error::Masquerade)?;
             }
             Ok::<_, Error>(b)
         })
@@ -818,16 +815,6 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let err = rt.block_on(n.check(&attach("c1", &dir.path().join("gone")))).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::NetnsMissing, "{err}");
-    }
-
-    #[test]
-    fn masquerade_without_an_implementation_is_refused_not_skipped() {
-        let r = NoMasquerader.ensure(
-            &Masquerade { cluster_cidrs: vec![], service_cidrs: vec![] },
-            "keel0",
-            &[],
-        );
-        assert!(r.unwrap_err().to_string().contains("no nf_tables"));
     }
 
     #[test]

@@ -268,7 +268,8 @@ fn apply_one(w: &mut World, ns: usize, op: &Op) -> Result<()> {
                 mac: v.host_mac,
                 master: Some(v.master),
                 up: true,
-                alias: Some(v.alias.clone()),
+                // Like the kernel: a create request's IFLA_IFALIAS is ignored.
+                alias: None,
                 hairpin: Some(false),
                 group: 0,
             });
@@ -307,6 +308,12 @@ fn apply_one(w: &mut World, ns: usize, op: &Op) -> Result<()> {
             if let Some(l) = here.links.get_mut(&i) {
                 l.master = Some(*master);
                 l.hairpin = Some(false);
+            }
+        }
+        Op::SetAlias(r, alias) => {
+            let i = here.resolve(r).ok_or_else(missing)?;
+            if let Some(l) = here.links.get_mut(&i) {
+                l.alias = Some(alias.clone());
             }
         }
         Op::SetHairpin(r, on) => {

@@ -184,8 +184,6 @@ pub struct VethSpec {
     pub host: String,
     /// The host end's MAC.
     pub host_mac: [u8; 6],
-    /// The host end's alias (the pod's key).
-    pub alias: String,
     /// The bridge the host end joins, up.
     pub master: u32,
     /// MTU of both ends.
@@ -218,6 +216,8 @@ pub enum Op {
     SetMtu(LinkRef, u32),
     /// Enslave a link to a bridge.
     SetMaster(LinkRef, u32),
+    /// Set a link's alias (`IFLA_IFALIAS`; the kernel ignores it in a create request).
+    SetAlias(LinkRef, String),
     /// Set hairpin mode on a bridge port.
     SetHairpin(LinkRef, bool),
     /// Add an address; `nodad` skips duplicate address detection (IPv6).
@@ -260,6 +260,7 @@ impl std::fmt::Display for Op {
             Op::SetUp(l) => write!(f, "set {l} up"),
             Op::SetMtu(l, m) => write!(f, "set {l} mtu {m}"),
             Op::SetMaster(l, m) => write!(f, "enslave {l} to link {m}"),
+            Op::SetAlias(l, a) => write!(f, "set alias {a:?} on {l}"),
             Op::SetHairpin(l, on) => write!(f, "set hairpin {on} on {l}"),
             Op::AddAddress { index, address, .. } => {
                 write!(f, "add address {address} to link {index}")
@@ -307,6 +308,13 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
 /// The alias of a pod's host end.
 pub fn host_veth_alias(container_id: &str, ifname: &str) -> String {
     format!("{ALIAS_PREFIX}{container_id}/{ifname}")
+}
+
+/// Whether `name` has the shape of [`host_veth_name`]'s names.
+pub fn is_host_veth_name(name: &str) -> bool {
+    name.len() == 12
+        && name.starts_with("veth")
+        && name[4..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// The key (container id, ifname) of a host end's alias, if it is one of ours.

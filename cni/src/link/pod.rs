@@ -2,9 +2,10 @@
 //!
 //! ADD is two plans on two namespaces. In the host's, [`add_host`] sends one request that
 //! creates the pair with the pod end directly inside the pod's namespace (`IFLA_NET_NS_FD`
-//! on the peer: moving a link between namespaces afterwards costs far more under load), the
-//! host end up, enslaved to the bridge and carrying the pod's key as its alias, and, pipelined
-//! behind it, hairpin mode on the new bridge port. In the pod's, [`configure_pod`] turns off
+//! on the peer: moving a link between namespaces afterwards costs far more under load) and
+//! the host end up and enslaved to the bridge; then, by the new link's index, the pod's key
+//! as the host end's alias (the kernel ignores an alias in a create request) and hairpin
+//! mode on the new bridge port. In the pod's, [`configure_pod`] turns off
 //! duplicate address detection on the interface, then sends in one batch: `lo` up, the
 //! interface up, its addresses (`IFA_F_NODAD` on IPv6) and one default route per family via
 //! that family's gateway (IPv4 needs no `onlink`: the subnet route comes with the address).
@@ -27,8 +28,9 @@ use std::os::fd::RawFd;
 use ipnet::IpNet;
 
 use super::{
-    host_veth_alias, host_veth_name, parse_alias, random_mac, retired_name, Error, Link, LinkRef,
-    Netlink, Op, Result, Route, Sysctl, VethSpec, LOOPBACK_INDEX, RETIRED_GROUP,
+    host_veth_alias, host_veth_name, is_host_veth_name, parse_alias, random_mac, retired_name,
+    Error, Link, LinkRef, Netlink, Op, Result, Route, Sysctl, VethSpec, LOOPBACK_INDEX,
+    RETIRED_GROUP,
 };
 use crate::link::bridge::Bridge;
 use crate::IpConfig;
@@ -109,35 +111,32 @@ pub async fn add_host(
 ) -> Result<HostEnd> {
     let name = spec.host_name();
     let mac = random_mac();
-    let mut ops = vec![Op::CreateVeth(VethSpec {
+    let create = [Op::CreateVeth(VethSpec {
         host: name.clone(),
         host_mac: mac,
-        alias: spec.alias(),
         master: bridge.index,
         mtu: spec.mtu,
         peer: spec.ifname.clone(),
         peer_mac: random_mac(),
         peer_netns: pod_netns,
     })];
-    if spec.hairpin {
-        ops.push(Op::SetHairpin(LinkRef::Name(name.clone()), true));
-    }
-    match nl.apply(&ops).await {
-        Ok(()) => return Ok(HostEnd { name, mac, created: true }),
+    match nl.apply(&create).await {
+        Ok(()) => return finish_host(nl, &name, mac, spec).await,
         Err(e) if e.errno() == Some(libc::EEXIST) => {}
         Err(e) => return Err(e),
     }
     // The host name or the pod's interface name is taken: ours from an earlier ADD, a
-    // retired pair of this key not reaped yet, or someone else's.
+    // retired pair of this key not reaped yet, the remains of an ADD interrupted between
+    // the create and the alias, or someone else's.
     let mut existing = nl.link(&LinkRef::Name(name.clone())).await?;
-    if let Some(old) = existing.as_ref().filter(|l| l.group == RETIRED_GROUP) {
+    if let Some(old) = existing.as_ref().filter(|l| l.group == RETIRED_GROUP || l.alias.is_none()) {
         match nl.apply(&[Op::DeleteLink(LinkRef::Index(old.index))]).await {
             Ok(()) => {}
             Err(e) if e.errno() == Some(libc::ENODEV) => {}
             Err(e) => return Err(e),
         }
-        match nl.apply(&ops).await {
-            Ok(()) => return Ok(HostEnd { name, mac, created: true }),
+        match nl.apply(&create).await {
+            Ok(()) => return finish_host(nl, &name, mac, spec).await,
             Err(e) if e.errno() == Some(libc::EEXIST) => {}
             Err(e) => return Err(e),
         }
@@ -158,6 +157,28 @@ pub async fn add_host(
         nl.apply(&ops).await?;
     }
     Ok(HostEnd { name, mac: existing.mac, created: false })
+}
+
+/// Sets the alias and hairpin of a host end just created. A second batch, by index: pipelined
+/// behind the create by name, they would land on someone else's link when the create fails
+/// with `EEXIST`.
+async fn finish_host(
+    nl: &mut impl Netlink,
+    name: &str,
+    mac: [u8; 6],
+    spec: &PodSpec,
+) -> Result<HostEnd> {
+    let link = nl
+        .link(&LinkRef::Name(name.to_owned()))
+        .await?
+        .ok_or_else(|| Error::NoSuchLink { name: name.to_owned() })?;
+    let me = LinkRef::Index(link.index);
+    let mut ops = vec![Op::SetAlias(me.clone(), spec.alias())];
+    if spec.hairpin {
+        ops.push(Op::SetHairpin(me, true));
+    }
+    nl.apply(&ops).await?;
+    Ok(HostEnd { name: name.to_owned(), mac, created: true })
 }
 
 /// What is missing from an existing host end.
@@ -385,7 +406,9 @@ pub struct Port {
     pub ifname: String,
 }
 
-/// Our ports on `bridge` (host ends whose alias carries a key), retired ones excluded.
+/// Our ports on `bridge` (host ends whose alias carries a key), retired ones excluded. A
+/// port with our naming and no alias is the remains of an interrupted ADD: it is listed with
+/// an empty key, which is never live.
 pub async fn ports(nl: &mut impl Netlink, bridge: &str) -> Result<Vec<Port>> {
     let Some(br) = nl.link(&LinkRef::Name(bridge.to_owned())).await? else {
         return Ok(Vec::new());
@@ -396,8 +419,14 @@ pub async fn ports(nl: &mut impl Netlink, bridge: &str) -> Result<Vec<Port>> {
         .into_iter()
         .filter(|l| l.master == Some(br.index) && l.group != RETIRED_GROUP)
         .filter_map(|link| {
-            let (id, ifname) = parse_alias(link.alias.as_deref()?)?;
-            let (container_id, ifname) = (id.to_owned(), ifname.to_owned());
+            let (container_id, ifname) = match link.alias.as_deref() {
+                Some(alias) => {
+                    let (id, ifname) = parse_alias(alias)?;
+                    (id.to_owned(), ifname.to_owned())
+                }
+                None if is_host_veth_name(&link.name) => (String::new(), String::new()),
+                None => return None,
+            };
             Some(Port { link, container_id, ifname })
         })
         .collect())
@@ -551,6 +580,21 @@ mod tests {
         });
         let err = add(&s, &spec).unwrap_err();
         assert!(matches!(err, Error::NameClash { .. }), "{err}");
+    }
+
+    #[test]
+    fn the_remains_of_an_add_interrupted_before_the_alias_are_replaced_and_listed_for_gc() {
+        let s = setup();
+        let spec = dual();
+        s.world.fail_once(|op| matches!(op, Op::SetAlias(..)), libc::EINTR);
+        assert!(add(&s, &spec).is_err());
+        let orphans = block_on(ports(&mut s.world.netlink(s.host), "keel0")).unwrap();
+        assert_eq!(orphans.len(), 1);
+        assert_eq!(orphans[0].container_id, "", "no key: never live");
+        // The pod end exists too (the create succeeded), yet a new ADD goes through.
+        let (h, _) = add(&s, &spec).unwrap();
+        assert!(h.created);
+        block_on(check_host(&mut s.world.netlink(s.host), "keel0", &spec)).unwrap();
     }
 
     #[test]

@@ -139,7 +139,6 @@ fn veth_message(v: &VethSpec) -> LinkMessage {
         LinkAttribute::Address(v.host_mac.to_vec()),
         LinkAttribute::Mtu(v.mtu),
         LinkAttribute::Controller(v.master),
-        LinkAttribute::IfAlias(v.alias.clone()),
         LinkAttribute::LinkInfo(vec![
             LinkInfo::Kind(InfoKind::Veth),
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
@@ -231,6 +230,11 @@ fn request(op: &Op) -> (RouteNetlinkMessage, u16) {
         Op::SetMaster(r, master) => {
             let mut m = link_message(r);
             m.attributes.push(LinkAttribute::Controller(*master));
+            (RouteNetlinkMessage::SetLink(m), CHANGE)
+        }
+        Op::SetAlias(r, alias) => {
+            let mut m = link_message(r);
+            m.attributes.push(LinkAttribute::IfAlias(alias.clone()));
             (RouteNetlinkMessage::SetLink(m), CHANGE)
         }
         Op::SetHairpin(r, on) => {
