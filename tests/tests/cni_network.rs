@@ -430,3 +430,42 @@ fn cycles(n: usize) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn twenty_pods_added_at_once_get_distinct_addresses_and_all_check() {
+    keelson_tests::require!(Tier::Privileged, keelson_tests::need_root());
+    concurrent(20).expect("concurrent");
+}
+
+fn concurrent(n: usize) -> anyhow::Result<()> {
+    let mut fx = Fixture::new()?;
+    let pods: Vec<PathBuf> =
+        (0..n).map(|i| fx.netns(&format!("p{i}"))).collect::<Result<_, _>>()?;
+    let net = Arc::new(Network::new(fx.config())?);
+    let rt = rt();
+    let attaches: Vec<Attach> =
+        pods.iter().enumerate().map(|(i, p)| fx.attach(&format!("c{i}"), p)).collect();
+    let t = Instant::now();
+    let results = rt.block_on(futures::future::join_all(attaches.iter().map(|a| net.add(a))));
+    let add_all = t.elapsed();
+    let mut seen = BTreeSet::new();
+    for r in results {
+        for ip in r?.ips {
+            ensure!(seen.insert(ip.address.addr()), "address {} handed out twice", ip.address);
+        }
+    }
+    ensure!(seen.len() == 2 * n, "{seen:?}");
+    for a in &attaches {
+        rt.block_on(net.check(a))?;
+    }
+    let t = Instant::now();
+    for r in rt.block_on(futures::future::join_all(attaches.iter().map(|a| net.del(a)))) {
+        r?;
+    }
+    let del_all = t.elapsed();
+    rt.block_on(net.reap())?;
+    let host = links(&fx.host())?;
+    ensure!(host == BTreeSet::from(["keel0".into(), "lo".into()]), "{host:?}");
+    eprintln!("cni_network timing: {n} ADDs at once {add_all:?}, {n} DELs at once {del_all:?}");
+    Ok(())
+}

@@ -18,7 +18,7 @@
 //! for RCU (about 20 ms here, the reference plugin's whole DEL). [`retire_pod`] sets the pod's
 //! interface down (its peer loses carrier, so the pod is off the bridge) and renames it (so
 //! the name is free for a new ADD); [`retire_host`] moves the host end to
-//! [`RETIRED_GROUP`](super::RETIRED_GROUP); [`reap`] deletes the whole group in one request, one
+//! [`RETIRED_GROUP`]; [`reap`] deletes the whole group in one request, one
 //! RCU wait for any number of pairs. If the pod's namespace ends first, the kernel deletes
 //! the pair itself, asynchronously.
 
