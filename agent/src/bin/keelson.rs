@@ -1,10 +1,12 @@
 //! The multi-call `keelson` binary: a thin clap front over the agent library, one module per
 //! subcommand under `keelson/`.
 //!
-//! Today it has `run` (one container in its own pod sandbox, see [`keelson_agent::run`]); the
-//! cluster subcommands (`controlplane`, `agent`, `up`, `init`, `cni`, `image`) come with later
-//! issues.
+//! Today it has `run` (one container in its own pod sandbox, see [`keelson_agent::run`]) and
+//! `cni` (the CNI plugin, see [`keelson_cni::plugin`]); the cluster subcommands
+//! (`controlplane`, `agent`, `up`, `init`, `image`) come with later issues.
 
+#[path = "keelson/cni.rs"]
+mod cni;
 #[path = "keelson/run.rs"]
 mod run;
 
@@ -22,6 +24,9 @@ struct Cli {
 enum Command {
     /// Run one container from an image in its own pod sandbox (no network) and wait for it.
     Run(run::RunArgs),
+    /// The CNI plugin (spec 1.0 and 1.1): reads CNI_COMMAND and the CNI_* environment, the
+    /// network configuration on stdin, and writes the result on stdout.
+    Cni,
 }
 
 fn main() {
@@ -34,9 +39,18 @@ fn main() {
         .init();
     // The only TLS provider the workspace builds (see TOOLCHAIN.md: no aws-lc-rs).
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // Called through a symlink named after the plugin type, as runtimes call plugins.
+    let invoked_as = std::env::args_os().next().map(std::path::PathBuf::from);
+    if invoked_as.as_deref().and_then(|p| p.file_name()).is_some_and(|n| n == "keelson")
+        && std::env::var_os("CNI_COMMAND").is_some()
+        && std::env::args_os().len() == 1
+    {
+        std::process::exit(cni::main());
+    }
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Run(args) => run::main(args),
+        Command::Cni => cni::main(),
     };
     std::process::exit(code);
 }

@@ -75,6 +75,7 @@
 //! 6 (decoding), 7 (invalid configuration), 11 (try again), 50/51 (STATUS), and ours:
 //! [`CODE_EXHAUSTED`] (100), [`CODE_CHECK_FAILED`] (101), [`CODE_FAILED`] (102).
 
+mod backend;
 mod netconf;
 mod result;
 #[cfg(test)]
@@ -87,6 +88,7 @@ use std::path::{Path, PathBuf};
 use crate::config::NetworkConfig;
 use crate::ipam::{self, AllocKey};
 use crate::{Attach, Attachment};
+pub use backend::{classify, NetworkBackend};
 pub use netconf::PLUGIN_TYPE;
 pub use result::{
     format_mac, CniResult, Dns, ErrorResult, Interface, IpEntry, Route, VersionResult,
