@@ -251,14 +251,19 @@ fn masquerade_in_namespaces() -> anyhow::Result<()> {
 
     // Ensure again: still exactly one table, one rule per family, no duplicated elements.
     let r = with_services.clone();
-    let (tables, rules_after, sets, nomasq4) = with_masquerade(host, move |m| {
+    let fingerprint = r.fingerprint();
+    let (userdata, tables, rules_after, sets, nomasq4) = with_masquerade(host, move |m| {
+        let userdata = m.nftables().table_userdata(Family::Inet, TABLE)?;
         m.ensure(&r)?;
         let tables = m.nftables().tables(Family::Inet)?;
         let rules = m.rules()?;
         let sets = m.nftables().sets(Family::Inet, TABLE)?;
         let nomasq4 = m.nftables().set_elements(Family::Inet, TABLE, "nomasq4")?;
-        Ok((tables, rules, sets, nomasq4))
+        Ok((userdata, tables, rules, sets, nomasq4))
     })?;
+    // The kernel keeps the rules' fingerprint with the table: that is how a second ensure
+    // (every CNI plugin process runs one) knows it has nothing to do.
+    assert_eq!(userdata.as_deref(), Some(fingerprint.as_bytes()));
     assert_eq!(tables, [TABLE], "only our table, once");
     assert_eq!(rules_after.len(), 2, "one rule per family: {rules_after:?}");
     for rule in &rules_after {

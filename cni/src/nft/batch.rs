@@ -28,6 +28,8 @@ pub(crate) const NFT_MSG_NEWSETELEM: u16 = 12;
 pub(crate) const NFT_MSG_GETSETELEM: u16 = 13;
 
 pub(crate) const NFTA_TABLE_NAME: u16 = 1;
+/// Opaque bytes kept with the table (kernel 5.13+), at most `NFT_USERDATA_MAXLEN` (256).
+pub(crate) const NFTA_TABLE_USERDATA: u16 = 6;
 
 const NFTA_HOOK_HOOKNUM: u16 = 1;
 const NFTA_HOOK_PRIORITY: u16 = 2;
@@ -293,6 +295,17 @@ impl Batch {
         let what = format!("add table {} {name}", family_name(family));
         self.push(NFT_MSG_NEWTABLE, NLM_F_CREATE, family, what, |w| {
             w.put_str(NFTA_TABLE_NAME, name)
+        });
+    }
+
+    /// [`Batch::add_table`] carrying `userdata` (at most 256 bytes), which table dumps return:
+    /// a fingerprint of what the transaction installs, so a later run can tell whether it
+    /// would change anything.
+    pub fn add_table_with_userdata(&mut self, family: Family, name: &str, userdata: &[u8]) {
+        let what = format!("add table {} {name}", family_name(family));
+        self.push(NFT_MSG_NEWTABLE, NLM_F_CREATE, family, what, |w| {
+            w.put_str(NFTA_TABLE_NAME, name);
+            w.put(NFTA_TABLE_USERDATA, userdata);
         });
     }
 

@@ -5,7 +5,8 @@ use super::batch::{
     Batch, Element, NFTA_DATA_VALUE, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS, NFTA_RULE_HANDLE,
     NFTA_RULE_TABLE, NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_LIST_ELEMENTS,
     NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_NAME, NFTA_SET_TABLE,
-    NFTA_TABLE_NAME, NFT_MSG_GETRULE, NFT_MSG_GETSET, NFT_MSG_GETSETELEM, NFT_MSG_GETTABLE,
+    NFTA_TABLE_NAME, NFTA_TABLE_USERDATA, NFT_MSG_GETRULE, NFT_MSG_GETSET, NFT_MSG_GETSETELEM,
+    NFT_MSG_GETTABLE,
 };
 use super::expr::Family;
 use super::transport::{Netfilter, NetlinkSocket};
@@ -148,6 +149,28 @@ impl<T: Netfilter> Nftables<T> {
             }
         }
         Ok(names)
+    }
+
+    /// The userdata of `table` of `family` (see [`crate::nft::Batch::add_table_with_userdata`]):
+    /// `None` when the table does not exist, empty when it has none.
+    pub fn table_userdata(&mut self, family: Family, table: &str) -> Result<Option<Vec<u8>>> {
+        let replies = self.dump(NFT_MSG_GETTABLE, family, "list tables", |_| {})?;
+        for p in replies {
+            let attrs = wire::nft_attrs(&p).map_err(Error::Malformed)?;
+            let mut name = None;
+            let mut userdata = Vec::new();
+            for a in attrs {
+                match a.ty {
+                    NFTA_TABLE_NAME => name = Some(a.string().map_err(Error::Malformed)?),
+                    NFTA_TABLE_USERDATA => userdata = a.payload.to_vec(),
+                    _ => {}
+                }
+            }
+            if name.as_deref() == Some(table) {
+                return Ok(Some(userdata));
+            }
+        }
+        Ok(None)
     }
 
     /// Names of the sets of `table`.

@@ -66,6 +66,19 @@ impl MasqueradeRules {
         })
     }
 
+    /// What the table's userdata records of these rules: a format tag and a 64-bit FNV-1a
+    /// hash of the rules' canonical text. Equal fingerprints mean equal rulesets.
+    pub fn fingerprint(&self) -> String {
+        let text = format!(
+            "pods={:?};exclude={:?};bridge={};random={}",
+            self.pod_cidrs, self.exclude, self.bridge, self.fully_random
+        );
+        let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        format!("keelson-masquerade/v1 {hash:016x}")
+    }
+
     fn validate(&self) -> Result<()> {
         if self.pod_cidrs.is_empty() {
             return Err(Error::Invalid("no pod CIDR to masquerade from".into()));
@@ -86,7 +99,7 @@ impl MasqueradeRules {
         let mut b = Batch::new();
         b.add_table(Family::Inet, TABLE);
         b.delete_table(Family::Inet, TABLE);
-        b.add_table(Family::Inet, TABLE);
+        b.add_table_with_userdata(Family::Inet, TABLE, self.fingerprint().as_bytes());
         b.add_chain(&Chain {
             family: Family::Inet,
             table: TABLE.into(),
@@ -188,9 +201,17 @@ impl<T: Netfilter> Masquerade<T> {
         &mut self.nft
     }
 
-    /// Installs `rules`, atomically replacing our table. Idempotent.
+    /// Installs `rules`, atomically replacing our table. Idempotent, and cheap when the
+    /// rules are already installed: a table whose userdata carries the rules' fingerprint is
+    /// left alone (a transaction costs an RCU grace period; a dump does not), so every CNI
+    /// plugin process can call this.
     pub fn ensure(&mut self, rules: &MasqueradeRules) -> Result<()> {
         let batch = rules.batch()?;
+        let installed = self.nft.table_userdata(Family::Inet, TABLE)?;
+        if installed.as_deref() == Some(rules.fingerprint().as_bytes()) {
+            tracing::debug!("egress masquerade already installed");
+            return Ok(());
+        }
         self.nft.commit(&batch)?;
         tracing::info!(pods = ?rules.pod_cidrs, exclude = ?rules.exclude, bridge = %rules.bridge, "egress masquerade installed");
         Ok(())
@@ -251,22 +272,34 @@ mod tests {
         wire::messages(datagram).unwrap().iter().map(|m| m.ty).collect()
     }
 
+    /// A fake whose table dump lists our table with `userdata`.
+    fn fake_with_table(userdata: &[u8]) -> FakeNetfilter {
+        let mut w = wire::Writer::default();
+        w.extend(&[1, 0, 0, 0]);
+        w.put_str(super::super::batch::NFTA_TABLE_NAME, TABLE);
+        w.put(super::super::batch::NFTA_TABLE_USERDATA, userdata);
+        let mut fake = FakeNetfilter::new();
+        fake.dump(0x0a01, 0x0a00, vec![w.into_bytes()]);
+        fake
+    }
+
     #[test]
     fn ensure_replaces_our_table_in_one_transaction() {
         let mut m = Masquerade::new(Nftables::new(FakeNetfilter::new()));
         m.ensure(&rules()).unwrap();
         let sent = &m.nftables().transport().sent;
-        assert_eq!(sent.len(), 1, "one datagram, one transaction");
+        assert_eq!(sent.len(), 2, "a table dump, then one datagram with one transaction");
+        assert_eq!(types(&sent[0]), [0x0a01], "the dump of tables");
         #[rustfmt::skip]
         let expected = [
             0x10, // batch begin
-            0x0a00, 0x0a02, 0x0a00, // add, delete, add table
+            0x0a00, 0x0a02, 0x0a00, // add, delete, add table (with the fingerprint)
             0x0a03, // chain
             0x0a09, 0x0a0c, 0x0a09, 0x0a0c, 0x0a06, // pod4, nomasq4, rule
             0x0a09, 0x0a0c, 0x0a09, 0x0a0c, 0x0a06, // pod6, nomasq6, rule
             0x11, // batch end
         ];
-        assert_eq!(types(&sent[0]), expected);
+        assert_eq!(types(&sent[1]), expected);
     }
 
     #[test]
@@ -278,7 +311,39 @@ mod tests {
         let strip_seq = |d: &[u8]| -> Vec<(u16, u16, Vec<u8>)> {
             wire::messages(d).unwrap().iter().map(|m| (m.ty, m.flags, m.payload.to_vec())).collect()
         };
-        assert_eq!(strip_seq(&sent[0]), strip_seq(&sent[1]));
+        // The fake keeps no state: both runs find no table and install.
+        assert_eq!(sent.len(), 4);
+        assert_eq!(strip_seq(&sent[1]), strip_seq(&sent[3]));
+    }
+
+    #[test]
+    fn ensure_leaves_a_table_carrying_the_same_rules_alone() {
+        let r = rules();
+        let mut m = Masquerade::new(Nftables::new(fake_with_table(r.fingerprint().as_bytes())));
+        m.ensure(&r).unwrap();
+        let sent = &m.nftables().transport().sent;
+        assert_eq!(sent.len(), 1, "only the dump: no transaction");
+
+        // Other rules (another bridge), or a table of an older release without a
+        // fingerprint, are replaced.
+        let mut other = r.clone();
+        other.bridge = "keel1".into();
+        assert_ne!(other.fingerprint(), r.fingerprint());
+        for installed in [other.fingerprint().into_bytes(), Vec::new()] {
+            let mut m = Masquerade::new(Nftables::new(fake_with_table(&installed)));
+            m.ensure(&r).unwrap();
+            assert_eq!(m.nftables().transport().sent.len(), 2, "dump and transaction");
+        }
+    }
+
+    #[test]
+    fn the_fingerprint_fits_table_userdata_and_names_its_format() {
+        let f = rules().fingerprint();
+        assert!(f.len() <= 256, "NFT_USERDATA_MAXLEN");
+        assert!(f.starts_with("keelson-masquerade/v1 "));
+        let mut unrandom = rules();
+        unrandom.fully_random = false;
+        assert_ne!(unrandom.fingerprint(), f);
     }
 
     #[test]
