@@ -201,6 +201,9 @@ pub struct Status {
     pub bridge_present: bool,
     /// Addresses currently allocated.
     pub allocated: usize,
+    /// Range sets without a free address (by index, with their ranges): while any is listed,
+    /// ADD fails.
+    pub exhausted: Vec<(usize, String)>,
 }
 
 /// One node network: the bridge, its pods' veths and their addresses.
@@ -553,12 +556,22 @@ impl Network {
         Ok(report)
     }
 
-    /// STATUS: whether ADD can be served (the state directory opens, the host namespace is
-    /// reachable), with what exists now. Changes nothing but the state directory's creation.
+    /// STATUS: what ADD would find (the state directory opens, the host namespace is
+    /// reachable, which range sets are full), with what exists now. Changes nothing but the
+    /// state directory's creation.
     pub async fn status(&self) -> Result<Status> {
         let ipam = self.ipam()?;
-        let allocated =
-            ipam.list().map_err(|source| Error::Ipam { key: "*".into(), source })?.len();
+        let ipam_err = |source| Error::Ipam { key: "*".into(), source };
+        let allocated = ipam.list().map_err(ipam_err)?.len();
+        let exhausted = ipam
+            .exhausted()
+            .map_err(ipam_err)?
+            .into_iter()
+            .map(|set| {
+                let ranges = ipam.ranges().get(set).map(Vec::as_slice).unwrap_or_default();
+                (set, ranges.iter().map(ToString::to_string).collect::<Vec<_>>().join(","))
+            })
+            .collect();
         let host = self.host_netns("*")?;
         let name = self.cfg.bridge.clone();
         let bridge_present = netns::run(host.as_ref(), move |t| async move {
@@ -572,7 +585,7 @@ impl Network {
         })
         .await
         .map_err(|source| Error::Netns { key: "*".into(), source })??;
-        Ok(Status { bridge_present, allocated })
+        Ok(Status { bridge_present, allocated, exhausted })
     }
 
     /// Deletes every retired pair now, in one batch, and waits for it.
