@@ -616,10 +616,17 @@ fn malformed() -> Result<()> {
     Out::of(out)?.error(4).context("ADD without CNI_CONTAINERID")?;
     fx.exec("ADD", Some("../x"), Some(&pod), cfg.as_bytes()).error(4).context("bad id")?;
     fx.exec("FROB", Some("a"), Some(&pod), cfg.as_bytes()).error(4).context("unknown command")?;
+    // CNI_NETNS naming a file that is not a network namespace: refused before any work.
+    let plain = fx.dir.path().join("not-a-netns");
+    std::fs::write(&plain, b"")?;
+    let v = fx.exec("ADD", Some("a"), Some(&plain), cfg.as_bytes()).error(4)?;
+    ensure!(v["details"].as_str().is_some_and(|d| d.contains("is not a network namespace")), "{v}");
 
     ensure!(links(&fx.host())? == BTreeSet::from(["lo".into()]), "no bridge was created");
     ensure!(links(&pod)? == BTreeSet::from(["lo".into()]), "no pod interface");
     ensure!(!fx.data_dir().exists(), "no state was written");
+    // A DEL of such a file still succeeds: there is nothing to unwire.
+    fx.exec("DEL", Some("a"), Some(&plain), cfg.as_bytes()).ok()?;
     Ok(())
 }
 

@@ -37,7 +37,7 @@ pub fn classify(err: network::Error) -> BackendError {
     let text = error_chain(&err);
     match err.kind() {
         ErrorKind::InvalidConfig => BackendError::InvalidConfig(text),
-        ErrorKind::InvalidArgs => BackendError::InvalidConfig(text),
+        ErrorKind::InvalidArgs => BackendError::InvalidArgs(text),
         ErrorKind::NetnsMissing => BackendError::UnknownContainer(text),
         ErrorKind::Exhausted => BackendError::Exhausted(text),
         ErrorKind::TryAgain => BackendError::TryAgain(text),
