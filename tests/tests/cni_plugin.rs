@@ -787,16 +787,24 @@ fn kill_9() -> Result<()> {
         }
     }
     ensure!(allocs == want, "allocations after GC:\n{allocs:?}\nwant:\n{want:?}");
+    // Besides them only the layout's own files, and index entries (`k.<hash>.<address>`) that
+    // are hard links of a valid address's record.
+    use std::os::unix::fs::MetadataExt;
+    let ino = |name: &str| std::fs::metadata(fx.ipam_dir().join(name)).map(|m| m.ino());
     for e in std::fs::read_dir(fx.ipam_dir())? {
         let name = e?.file_name().to_string_lossy().into_owned();
-        let ok = name == "VERSION"
-            || name == "lock"
-            || name.starts_with("last_reserved.")
-            || name.parse::<IpAddr>().is_ok_and(|ip| want.contains_key(&ip))
-            || name.starts_with("k.")
-                && name
-                    .rsplit_once('.')
-                    .is_some_and(|_| want.keys().any(|ip| name.ends_with(&format!(".{ip}"))));
+        let indexed = name.strip_prefix("k.").and_then(|rest| rest.get(17..));
+        let ok = match indexed {
+            Some(addr) => {
+                let ip: Option<IpAddr> = addr.parse().ok();
+                ip.is_some_and(|ip| want.contains_key(&ip)) && ino(&name)? == ino(addr)?
+            }
+            None => {
+                ["VERSION", "lock"].contains(&name.as_str())
+                    || name.starts_with("last_reserved.")
+                    || name.parse::<IpAddr>().is_ok_and(|ip| want.contains_key(&ip))
+            }
+        };
         ensure!(ok, "file {name} left in the IPAM directory");
         std::fs::read(fx.ipam_dir().join(&name)).with_context(|| format!("read {name}"))?;
     }
