@@ -40,6 +40,12 @@ pub enum Error {
         /// The path given.
         path: PathBuf,
     },
+    /// The file is not a network namespace (not an nsfs file, or another kind of namespace).
+    #[error("{path} is not a network namespace")]
+    NotANetns {
+        /// The path given.
+        path: PathBuf,
+    },
     /// The namespace file could not be opened.
     #[error("open network namespace {path}")]
     Open {
@@ -93,6 +99,9 @@ pub enum Error {
     },
 }
 
+/// `ioctl(2)` on an nsfs file: which kind of namespace it is (`_IO(0xb7, 0x3)`, Linux 4.11).
+const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+
 /// Result of this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -104,15 +113,24 @@ pub struct Netns {
 }
 
 impl Netns {
-    /// Opens the namespace pinned at `path`; [`Error::Missing`] when there is no such file.
+    /// Opens the namespace pinned at `path`; [`Error::Missing`] when there is no such file,
+    /// [`Error::NotANetns`] when it is not a network namespace (the kernel would refuse it
+    /// later with a bare `EINVAL`).
     pub fn open(path: &Path) -> Result<Netns> {
-        match File::open(path) {
-            Ok(f) => Ok(Netns { fd: f.into(), path: path.to_owned() }),
+        let fd: OwnedFd = match File::open(path) {
+            Ok(f) => f.into(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                Err(Error::Missing { path: path.to_owned() })
+                return Err(Error::Missing { path: path.to_owned() })
             }
-            Err(source) => Err(Error::Open { path: path.to_owned(), source }),
+            Err(source) => return Err(Error::Open { path: path.to_owned(), source }),
+        };
+        // SAFETY: NS_GET_NSTYPE takes no argument and only reads which kind of namespace the
+        // open descriptor `fd` refers to; on any other file it fails with ENOTTY.
+        let kind = unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_NSTYPE) };
+        if kind != libc::CLONE_NEWNET {
+            return Err(Error::NotANetns { path: path.to_owned() });
         }
+        Ok(Netns { fd, path: path.to_owned() })
     }
 
     /// The path it was opened from.
@@ -287,6 +305,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_file_that_is_not_a_network_namespace_is_refused_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("plain");
+        std::fs::write(&file, b"").unwrap();
+        for path in [file.as_path(), Path::new("/proc/self/ns/uts")] {
+            let err = Netns::open(path).unwrap_err();
+            assert!(matches!(err, Error::NotANetns { .. }), "{}: {err}", path.display());
+            assert!(err.to_string().contains("is not a network namespace"), "{err}");
+        }
+        Netns::open(Path::new("/proc/self/ns/net")).unwrap();
+    }
+
+    #[test]
     fn opening_a_missing_namespace_says_it_is_missing() {
         let dir = tempfile::tempdir().unwrap();
         let err = Netns::open(&dir.path().join("gone")).unwrap_err();
@@ -308,13 +339,5 @@ mod tests {
     fn a_panic_in_the_work_is_an_error_not_a_crash() {
         let r: Result<()> = run_blocking(None, |_t| async { panic!("boom") });
         assert!(matches!(r, Err(Error::Panicked)));
-    }
-
-    #[test]
-    fn entering_a_file_that_is_not_a_namespace_fails_clearly() {
-        let f = tempfile::NamedTempFile::new().unwrap();
-        let ns = Netns::open(f.path()).unwrap();
-        let r = run_blocking(Some(&ns), |_t| async {});
-        assert!(matches!(r, Err(Error::Enter { .. })), "{r:?}");
     }
 }

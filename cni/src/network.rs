@@ -158,6 +158,8 @@ impl Error {
                 | ipam::Error::Unversioned { .. } => ErrorKind::Failed,
             },
             Error::Netns { source: netns::Error::Missing { .. }, .. } => ErrorKind::NetnsMissing,
+            // The pod's is an `InvalidAttach` (see `open_pod`): this is `host_netns`.
+            Error::Netns { source: netns::Error::NotANetns { .. }, .. } => ErrorKind::InvalidConfig,
             Error::Link { source: link::Error::NotABridge { .. }, .. } => ErrorKind::InvalidConfig,
             Error::Check { .. } => ErrorKind::CheckFailed,
             Error::Netns { .. } | Error::Link { .. } | Error::Masquerade(_) | Error::Reap(_) => {
@@ -201,6 +203,9 @@ pub struct Status {
     pub bridge_present: bool,
     /// Addresses currently allocated.
     pub allocated: usize,
+    /// Range sets without a free address (by index, with their ranges): while any is listed,
+    /// ADD fails.
+    pub exhausted: Vec<(usize, String)>,
 }
 
 /// One node network: the bridge, its pods' veths and their addresses.
@@ -432,6 +437,10 @@ impl Network {
             match Netns::open(&a.netns) {
                 Ok(ns) => Some(ns),
                 Err(netns::Error::Missing { .. }) => None,
+                Err(e @ netns::Error::NotANetns { .. }) => {
+                    tracing::warn!(error = %e, "unwiring from the host only");
+                    None
+                }
                 Err(source) => return Err(Error::Netns { key: label, source }),
             }
         };
@@ -553,12 +562,22 @@ impl Network {
         Ok(report)
     }
 
-    /// STATUS: whether ADD can be served (the state directory opens, the host namespace is
-    /// reachable), with what exists now. Changes nothing but the state directory's creation.
+    /// STATUS: what ADD would find (the state directory opens, the host namespace is
+    /// reachable, which range sets are full), with what exists now. Changes nothing but the
+    /// state directory's creation.
     pub async fn status(&self) -> Result<Status> {
         let ipam = self.ipam()?;
-        let allocated =
-            ipam.list().map_err(|source| Error::Ipam { key: "*".into(), source })?.len();
+        let ipam_err = |source| Error::Ipam { key: "*".into(), source };
+        let allocated = ipam.list().map_err(ipam_err)?.len();
+        let exhausted = ipam
+            .exhausted()
+            .map_err(ipam_err)?
+            .into_iter()
+            .map(|set| {
+                let ranges = ipam.ranges().get(set).map(Vec::as_slice).unwrap_or_default();
+                (set, ranges.iter().map(ToString::to_string).collect::<Vec<_>>().join(","))
+            })
+            .collect();
         let host = self.host_netns("*")?;
         let name = self.cfg.bridge.clone();
         let bridge_present = netns::run(host.as_ref(), move |t| async move {
@@ -572,7 +591,7 @@ impl Network {
         })
         .await
         .map_err(|source| Error::Netns { key: "*".into(), source })??;
-        Ok(Status { bridge_present, allocated })
+        Ok(Status { bridge_present, allocated, exhausted })
     }
 
     /// Deletes every retired pair now, in one batch, and waits for it.
@@ -702,6 +721,11 @@ fn validate(a: &Attach) -> Result<AllocKey> {
 fn open_pod(path: &Path) -> Result<Netns> {
     Netns::open(path).map_err(|e| match e {
         netns::Error::Missing { path } => Error::NetnsMissing { path },
+        netns::Error::NotANetns { path } => Error::InvalidAttach {
+            field: "netns",
+            value: path.display().to_string(),
+            reason: "is not a network namespace",
+        },
         source => Error::Netns { key: path.display().to_string(), source },
     })
 }
@@ -805,6 +829,19 @@ mod tests {
         let err = rt.block_on(n.add(&attach("c1", &dir.path().join("gone")))).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::NetnsMissing, "{err}");
         assert!(err.to_string().contains("does not exist"), "{err}");
+        assert!(!dir.path().join("networks").exists());
+    }
+
+    #[test]
+    fn add_to_a_file_that_is_not_a_namespace_is_invalid_args_and_allocates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = Network::new(cfg(dir.path())).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let file = dir.path().join("plain");
+        std::fs::write(&file, b"").unwrap();
+        let err = rt.block_on(n.add(&attach("c1", &file))).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgs, "{err}");
+        assert!(err.to_string().contains("is not a network namespace"), "{err}");
         assert!(!dir.path().join("networks").exists());
     }
 

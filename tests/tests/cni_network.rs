@@ -370,7 +370,10 @@ fn gc() -> anyhow::Result<()> {
     ensure!(!links(&fx.host())?.contains(&b.host_veth));
     rt.block_on(net.check(&fx.attach("a", &pa)))?;
     let status = rt.block_on(net.status())?;
-    ensure!(status.bridge_present && status.allocated == 2, "{status:?}");
+    ensure!(
+        status.bridge_present && status.allocated == 2 && status.exhausted.is_empty(),
+        "{status:?}"
+    );
     Ok(())
 }
 

@@ -71,7 +71,7 @@ pub enum Error {
         kind: String,
     },
     /// The host end's name is taken by a link that is not this pod's.
-    #[error("link {name} exists and belongs to {owner:?}, not to {want}")]
+    #[error("link {name} exists and is not {want}'s: {}", describe_owner(.owner))]
     NameClash {
         /// The host end's name.
         name: String,
@@ -325,6 +325,14 @@ pub fn parse_alias(alias: &str) -> Option<(&str, &str)> {
 /// A name for a retired pod interface: `kr` and 8 random hex digits.
 pub fn retired_name() -> String {
     format!("kr{:08x}", rand::random::<u32>())
+}
+
+/// Who holds a clashing name, for [`Error::NameClash`].
+fn describe_owner(owner: &Option<String>) -> String {
+    match owner {
+        Some(alias) => format!("it carries alias {alias:?}"),
+        None => "it is not one of ours".to_owned(),
+    }
 }
 
 /// A random locally administered unicast MAC address.

@@ -580,6 +580,11 @@ mod tests {
         });
         let err = add(&s, &spec).unwrap_err();
         assert!(matches!(err, Error::NameClash { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("is not keelson:c1/eth0's: it carries alias \"keelson:other/eth0\""),
+            "{text}"
+        );
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub fn classify(err: network::Error) -> BackendError {
     let text = error_chain(&err);
     match err.kind() {
         ErrorKind::InvalidConfig => BackendError::InvalidConfig(text),
-        ErrorKind::InvalidArgs => BackendError::InvalidConfig(text),
+        ErrorKind::InvalidArgs => BackendError::InvalidArgs(text),
         ErrorKind::NetnsMissing => BackendError::UnknownContainer(text),
         ErrorKind::Exhausted => BackendError::Exhausted(text),
         ErrorKind::TryAgain => BackendError::TryAgain(text),
@@ -97,6 +97,27 @@ impl Backend for NetworkBackend {
     }
 
     fn status(&self, cfg: &NetworkConfig) -> Result<(), BackendError> {
-        Self::run(cfg, async |net| net.status().await.map(|_| ()))
+        status_outcome(Self::run(cfg, async |net| net.status().await))
+    }
+}
+
+/// STATUS per the spec: any reason ADD cannot be served (the host namespace or the state
+/// directory unreachable, a range set full) is code 50, "plugin not available"; only a
+/// configuration that cannot work keeps its own code.
+pub(crate) fn status_outcome(
+    status: Result<network::Status, BackendError>,
+) -> Result<(), BackendError> {
+    match status {
+        Ok(st) => match st.exhausted.as_slice() {
+            [] => Ok(()),
+            full => Err(BackendError::NotAvailable(
+                full.iter()
+                    .map(|(set, ranges)| format!("no free address in range set {set} ({ranges})"))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )),
+        },
+        Err(e @ BackendError::InvalidConfig(_)) => Err(e),
+        Err(e) => Err(BackendError::NotAvailable(e.to_string())),
     }
 }

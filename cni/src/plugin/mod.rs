@@ -142,6 +142,10 @@ pub enum BackendError {
     /// The container is unknown ([`CODE_UNKNOWN_CONTAINER`]).
     #[error("{0}")]
     UnknownContainer(String),
+    /// The runtime's arguments are unusable, found only by the backend (e.g. `CNI_NETNS` is
+    /// not a network namespace; [`CODE_INVALID_ENV`]).
+    #[error("{0}")]
+    InvalidArgs(String),
     /// The configuration cannot work, found only by the backend ([`CODE_INVALID_CONFIG`]).
     #[error("{0}")]
     InvalidConfig(String),
@@ -167,6 +171,7 @@ impl BackendError {
             BackendError::TryAgain(_) => CODE_TRY_AGAIN,
             BackendError::Io(_) => CODE_IO,
             BackendError::UnknownContainer(_) => CODE_UNKNOWN_CONTAINER,
+            BackendError::InvalidArgs(_) => CODE_INVALID_ENV,
             BackendError::InvalidConfig(_) => CODE_INVALID_CONFIG,
             BackendError::CheckFailed(_) => CODE_CHECK_FAILED,
             BackendError::NotAvailable(_) => CODE_NOT_AVAILABLE,
@@ -181,6 +186,7 @@ impl BackendError {
             BackendError::TryAgain(_) => "try again later",
             BackendError::Io(_) => "i/o failure",
             BackendError::UnknownContainer(_) => "container unknown",
+            BackendError::InvalidArgs(_) => "invalid environment variables",
             BackendError::InvalidConfig(_) => "invalid network configuration",
             BackendError::CheckFailed(_) => "check failed",
             BackendError::NotAvailable(_) => "plugin not available",

@@ -370,6 +370,28 @@ fn status_reports_readiness() {
 }
 
 #[test]
+fn status_of_the_real_backend_is_code_50_whenever_add_cannot_be_served() {
+    use crate::network::Status;
+    let st =
+        |exhausted: Vec<(usize, String)>| Status { bridge_present: true, allocated: 1, exhausted };
+    assert!(backend::status_outcome(Ok(st(Vec::new()))).is_ok());
+    let full = backend::status_outcome(Ok(st(vec![(1, "fd42::2-fd42::2".into())]))).unwrap_err();
+    assert_eq!(full.code(), CODE_NOT_AVAILABLE);
+    assert!(
+        full.to_string().contains("no free address in range set 1 (fd42::2-fd42::2)"),
+        "{full}"
+    );
+    // A host namespace that is gone is classified "container unknown" for ADD; for STATUS it
+    // means the plugin is not available.
+    let gone = BackendError::UnknownContainer("network namespace /x does not exist".into());
+    let err = backend::status_outcome(Err(gone)).unwrap_err();
+    assert_eq!(err.code(), CODE_NOT_AVAILABLE);
+    assert!(err.to_string().contains("/x does not exist"), "{err}");
+    let bad = BackendError::InvalidConfig("bridge name".into());
+    assert_eq!(backend::status_outcome(Err(bad)).unwrap_err().code(), CODE_INVALID_CONFIG);
+}
+
+#[test]
 fn version_lists_the_supported_versions() {
     let mut env = HashMap::new();
     env.insert("CNI_COMMAND".to_string(), "VERSION".to_string());
