@@ -44,6 +44,9 @@ struct Args {
     /// Give every pod an IPv6 address too (both plugins).
     #[arg(long)]
     dual_stack: bool,
+    /// Turn egress masquerade off (both plugins).
+    #[arg(long)]
+    no_masquerade: bool,
 }
 
 /// IPv4 (and with `dual`, IPv6) range sets for a network numbered `n`.
@@ -194,7 +197,7 @@ fn main() -> Result<()> {
         args: vec!["cni".into()],
         config: serde_json::json!({
             "cniVersion": "1.0.0", "name": "bench-keelson", "type": "keelson",
-            "bridge": "keel0", "isGateway": true, "ipMasq": true, "hairpinMode": true,
+            "bridge": "keel0", "isGateway": true, "ipMasq": !args.no_masquerade, "hairpinMode": true,
             "ipam": {"type": "host-local", "dataDir": work.join("ipam-keelson"),
                      "ranges": ranges(98, args.dual_stack)}
         })
@@ -207,7 +210,7 @@ fn main() -> Result<()> {
         args: vec![],
         config: serde_json::json!({
             "cniVersion": "1.0.0", "name": "bench-reference", "type": "bridge",
-            "bridge": "cni0", "isGateway": true, "ipMasq": true, "hairpinMode": true,
+            "bridge": "cni0", "isGateway": true, "ipMasq": !args.no_masquerade, "hairpinMode": true,
             "ipam": {"type": "host-local", "dataDir": work.join("ipam-reference"),
                      "ranges": ranges(99, args.dual_stack)}
         })
@@ -264,6 +267,7 @@ fn main() -> Result<()> {
     report(&format!("cni_del_{w}_at_once"), &pdel_a, Some(&pdel_b));
     println!("BENCH cni_runs {n} sandboxes");
     println!("BENCH cni_dual_stack {} bool", u8::from(args.dual_stack));
+    println!("BENCH cni_masquerade {} bool", u8::from(!args.no_masquerade));
 
     // The library, as the agent calls it: in process, no fork, no exec.
     let lib = sandboxes(&work.join("ns-library"), "c", n)?;
@@ -272,6 +276,9 @@ fn main() -> Result<()> {
         cidrs.push("fd97::/64".parse()?);
     }
     let mut cfg = NetworkConfig::standalone(&cidrs);
+    if args.no_masquerade {
+        cfg.masquerade = None;
+    }
     cfg.name = "bench-library".into();
     cfg.bridge = "keel1".into();
     cfg.state_dir = work.join("library");
