@@ -129,6 +129,16 @@ pub async fn add_host(
     // retired pair of this key not reaped yet, the remains of an ADD interrupted between
     // the create and the alias, or someone else's.
     let mut existing = nl.link(&LinkRef::Name(name.clone())).await?;
+    if existing.is_none() {
+        // The host name was freed in between (the reaper deleted a retired pair of this
+        // key): create again. Still EEXIST means the pod's interface name is taken.
+        match nl.apply(&create).await {
+            Ok(()) => return finish_host(nl, &name, mac, spec).await,
+            Err(e) if e.errno() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(e),
+        }
+        existing = nl.link(&LinkRef::Name(name.clone())).await?;
+    }
     if let Some(old) = existing.as_ref().filter(|l| l.group == RETIRED_GROUP || l.alias.is_none()) {
         match nl.apply(&[Op::DeleteLink(LinkRef::Index(old.index))]).await {
             Ok(()) => {}
