@@ -6,5 +6,6 @@
 //! binary is a thin clap front over these modules.
 
 pub mod network;
+pub mod pod;
 pub mod progress;
 pub mod run;
