@@ -11,3 +11,6 @@ pub mod network;
 pub mod pod;
 pub mod progress;
 pub mod run;
+#[cfg(test)]
+pub(crate) mod testing;
+pub mod worker;
