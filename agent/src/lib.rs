@@ -8,6 +8,7 @@
 pub mod api;
 pub mod manifests;
 pub mod network;
+pub mod node;
 pub mod pod;
 pub mod progress;
 pub mod run;
