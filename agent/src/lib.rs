@@ -12,6 +12,7 @@ pub mod node;
 pub mod pod;
 pub mod progress;
 pub mod run;
+pub mod standalone;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod worker;

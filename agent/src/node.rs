@@ -196,6 +196,21 @@ impl Agent {
         *lock(&self.inner.errors) = errors;
     }
 
+    /// Lets every pod worker go without stopping its pod (the agent is going away; the next
+    /// one adopts the pods), and waits until they are gone.
+    pub async fn detach(&self) {
+        let entries: Vec<PodEntry> =
+            std::mem::take(&mut *lock(&self.inner.pods)).into_values().collect();
+        let tasks: Vec<_> = entries
+            .into_iter()
+            .map(|e| {
+                drop(e.stop);
+                e.task
+            })
+            .collect();
+        futures::future::join_all(tasks).await;
+    }
+
     /// Waits until every pod asked to stop has stopped.
     pub async fn wait_stopped(&self) {
         loop {
