@@ -5,6 +5,14 @@
 //! [`network`], the pod network the runtime is given (the `cni/` library in process). The
 //! binary is a thin clap front over these modules.
 
+pub mod api;
+pub mod manifests;
 pub mod network;
+pub mod node;
+pub mod pod;
 pub mod progress;
 pub mod run;
+pub mod standalone;
+#[cfg(test)]
+pub(crate) mod testing;
+pub mod worker;

@@ -159,7 +159,7 @@ pub async fn resolve_image(
 }
 
 /// `keelson.local/<file name without extensions>:latest`.
-fn name_for_path(p: &Path) -> String {
+pub(crate) fn name_for_path(p: &Path) -> String {
     let stem = p
         .file_name()
         .map(|n| n.to_string_lossy().split('.').next().unwrap_or_default().to_lowercase())

@@ -1,10 +1,13 @@
 //! The multi-call `keelson` binary: a thin clap front over the agent library, one module per
 //! subcommand under `keelson/`.
 //!
-//! Today it has `run` (one container in its own pod sandbox, see [`keelson_agent::run`]) and
+//! Today it has `run` (one container in its own pod sandbox, see [`keelson_agent::run`]),
+//! `agent` (a standalone node running static pods, see [`keelson_agent::standalone`]) and
 //! `cni` (the CNI plugin, see [`keelson_cni::plugin`]); the cluster subcommands
-//! (`controlplane`, `agent`, `up`, `init`, `image`) come with later issues.
+//! (`controlplane`, `up`, `init`, `image`) come with later issues.
 
+#[path = "keelson/agent.rs"]
+mod agent;
 #[path = "keelson/cni.rs"]
 mod cni;
 #[path = "keelson/run.rs"]
@@ -24,6 +27,8 @@ struct Cli {
 enum Command {
     /// Run one container from an image in its own pod sandbox (no network) and wait for it.
     Run(run::RunArgs),
+    /// Run the static pods of a manifest directory (a standalone node).
+    Agent(agent::AgentArgs),
     /// The CNI plugin (spec 1.0 and 1.1): reads CNI_COMMAND and the CNI_* environment, the
     /// network configuration on stdin, and writes the result on stdout.
     Cni,
@@ -50,6 +55,7 @@ fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Run(args) => run::main(args),
+        Command::Agent(args) => agent::main(args),
         Command::Cni => cni::main(),
     };
     std::process::exit(code);

@@ -1,0 +1,108 @@
+//! `keelson agent --manifests DIR [--state-dir DIR] [--pod-cidr CIDR]…`: a standalone node
+//! running the static pods of a manifest directory (see [`keelson_agent::standalone`]).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use keelson_agent::run::Paths;
+use keelson_agent::standalone::{Options, Standalone};
+use keelson_cni::config::NetworkConfig;
+
+/// Arguments of `keelson agent`.
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    /// The directory of static pod manifests (core/v1 Pod, YAML or JSON, one per file).
+    #[arg(long)]
+    manifests: PathBuf,
+    /// The agent's state: pod directories and volumes.
+    #[arg(long, default_value = "/var/lib/keelson/agent")]
+    state_dir: PathBuf,
+    /// Persistent data (the image store is `<data-dir>/images`).
+    #[arg(long, default_value = "/var/lib/keelson")]
+    data_dir: PathBuf,
+    /// Runtime state: sandboxes, shim sockets, network namespace pins.
+    #[arg(long, default_value = "/run/keelson")]
+    run_dir: PathBuf,
+    /// Root of the pods' CRI logs.
+    #[arg(long, default_value = "/var/log/pods")]
+    log_root: PathBuf,
+    /// The pod network's ranges (one IPv4 and/or one IPv6).
+    #[arg(long = "pod-cidr", default_value = "10.42.0.0/24")]
+    pod_cidrs: Vec<ipnet::IpNet>,
+    /// The node's name (default: the host name).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// The node's IP, reported as hostIP and as the IP of hostNetwork pods.
+    #[arg(long)]
+    node_ip: Option<IpAddr>,
+    /// Do not masquerade pod traffic leaving the node.
+    #[arg(long)]
+    no_masquerade: bool,
+    /// The `keelson-shim` binary (default: next to this one).
+    #[arg(long, env = "KEELSON_SHIM")]
+    shim: Option<PathBuf>,
+}
+
+/// Runs the subcommand; returns the process's exit status.
+pub fn main(args: AgentArgs) -> i32 {
+    match run(args) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("keelson agent: {e:#}");
+            1
+        }
+    }
+}
+
+fn run(args: AgentArgs) -> Result<()> {
+    let mut paths = Paths::system().context("find the keelson-shim binary")?;
+    paths.data_dir = args.data_dir;
+    paths.state_dir = args.run_dir;
+    paths.log_root = args.log_root;
+    if let Some(shim) = args.shim {
+        paths.shim = shim;
+    }
+    let node_name = match args.node_name {
+        Some(n) => n,
+        None => nix::unistd::gethostname()
+            .context("read the host name (or pass --node-name)")?
+            .to_string_lossy()
+            .to_lowercase(),
+    };
+    let mut network = NetworkConfig::standalone(&args.pod_cidrs);
+    if args.no_masquerade {
+        network.masquerade = None;
+    }
+    let opts = Options {
+        manifests: args.manifests,
+        node_name,
+        node_ip: args.node_ip,
+        state_dir: args.state_dir,
+        paths,
+        network,
+        host_hosts: "/etc/hosts".into(),
+        host_resolv: "/etc/resolv.conf".into(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let node = Standalone::start(opts).await?;
+        interrupted().await;
+        eprintln!("keelson agent: stopping; pods keep running and are adopted at the next start");
+        node.detach().await;
+        Ok(())
+    })
+}
+
+/// Completes on Ctrl-C (SIGINT) or SIGTERM.
+async fn interrupted() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
