@@ -5,6 +5,7 @@
 //! [`network`], the pod network the runtime is given (the `cni/` library in process). The
 //! binary is a thin clap front over these modules.
 
+pub mod api;
 pub mod network;
 pub mod progress;
 pub mod run;
