@@ -377,3 +377,6 @@ pub fn write_agentctl_config(
     tracing::info!(path = %path.display(), "wrote the agentctl config");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
