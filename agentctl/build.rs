@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        .type_attribute(".", "#[derive(serde::Serialize)]")
         .compile_protos(&["proto/node.proto"], &["proto"])?;
     Ok(())
 }
