@@ -373,9 +373,8 @@ impl Client {
             follow_progress(events, progress).await
         }
         .await;
-        match reader.await {
-            Ok(Err(e)) => return Err(e),
-            Ok(Ok(())) | Err(_) => {}
+        if let Ok(Err(e)) = reader.await {
+            return Err(e);
         }
         result
     }

@@ -475,7 +475,14 @@ async fn the_written_agentctl_config_reaches_the_node_over_both_transports() {
     let node = Node::start().await;
     let path = node._dir.path().join("etc/agentctl.yaml");
     let tcp = node.server.tcp_addr().unwrap().to_string();
-    write_agentctl_config(&node.pki, &path, "node", node.server.socket(), &[tcp.clone()]).unwrap();
+    write_agentctl_config(
+        &node.pki,
+        &path,
+        "node",
+        node.server.socket(),
+        std::slice::from_ref(&tcp),
+    )
+    .unwrap();
     let mode = std::fs::metadata(&path).unwrap();
     assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777, 0o600);
     let cfg = keelson_agentctl::AgentctlConfig::load(&path).unwrap();
