@@ -341,7 +341,7 @@ pub struct ExecSession {
     pub stderr: Option<Reader>,
     /// The process's pid.
     pub pid: i32,
-    pub(crate) control: Box<dyn ExecControl>,
+    control: Box<dyn ExecControl>,
 }
 
 impl std::fmt::Debug for ExecSession {
@@ -350,14 +350,38 @@ impl std::fmt::Debug for ExecSession {
     }
 }
 
-/// The implementation side of an [`ExecSession`].
+/// Resizes an exec's terminal apart from its [`ExecSession`] (which `wait` borrows).
+pub type ExecResizer = std::sync::Arc<dyn Fn(u16, u16) -> Result<()> + Send + Sync>;
+
+/// The implementation side of an [`ExecSession`] (public so that other runtimes, and fakes in
+/// tests, can build sessions).
 #[async_trait::async_trait]
-pub(crate) trait ExecControl: Send {
+pub trait ExecControl: Send {
+    /// Resizes the terminal (an error without one).
     fn resize(&self, cols: u16, rows: u16) -> Result<()>;
+    /// A resizer usable while [`ExecControl::wait`] runs.
+    fn resizer(&self) -> ExecResizer;
+    /// Waits for the process to exit.
     async fn wait(&mut self) -> Result<ExitInfo>;
 }
 
 impl ExecSession {
+    /// A session from its streams and its control.
+    pub fn new(
+        stdin: Option<Writer>,
+        stdout: Option<Reader>,
+        stderr: Option<Reader>,
+        pid: i32,
+        control: Box<dyn ExecControl>,
+    ) -> Self {
+        ExecSession { stdin, stdout, stderr, pid, control }
+    }
+
+    /// A resizer that works while [`ExecSession::wait`] runs.
+    pub fn resizer(&self) -> ExecResizer {
+        self.control.resizer()
+    }
+
     /// Resizes the terminal (an error without one).
     pub fn resize(&self, cols: u16, rows: u16) -> Result<()> {
         self.control.resize(cols, rows)

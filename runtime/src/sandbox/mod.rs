@@ -1126,13 +1126,13 @@ impl Runtime for ShimRuntime {
             stdout = Some(Box::pin(p.clone()));
             pty = Some(p);
         }
-        Ok(ExecSession {
+        Ok(ExecSession::new(
             stdin,
             stdout,
             stderr,
             pid,
-            control: Box::new(ExecCtl { client, exec_id, pty, process_path, done: None }),
-        })
+            Box::new(ExecCtl { client, exec_id, pty, process_path, done: None }),
+        ))
     }
 
     async fn attach(&self, id: &ContainerId) -> Result<AttachSession> {
@@ -1251,6 +1251,20 @@ impl ExecControl for ExecCtl {
                 reason: "no terminal".into(),
             }),
         }
+    }
+
+    fn resizer(&self) -> crate::api::ExecResizer {
+        let pty = self.pty.clone();
+        let exec_id = self.exec_id.clone();
+        let path = self.process_path.clone();
+        std::sync::Arc::new(move |cols, rows| match &pty {
+            Some(p) => p.resize(cols, rows).map_err(io_err("resize terminal of exec", &path)),
+            None => Err(Error::InvalidState {
+                what: "exec",
+                id: exec_id.clone(),
+                reason: "no terminal".into(),
+            }),
+        })
     }
 
     async fn wait(&mut self) -> Result<ExitInfo> {
