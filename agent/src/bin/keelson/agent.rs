@@ -42,6 +42,18 @@ pub struct AgentArgs {
     /// The `keelson-shim` binary (default: next to this one).
     #[arg(long, env = "KEELSON_SHIM")]
     shim: Option<PathBuf>,
+    /// The node API's unix socket (local admin access for `agentctl`).
+    #[arg(long, default_value = "/run/keelson/agent.sock")]
+    api_socket: PathBuf,
+    /// Also serve the node API on this TCP address, with mutual TLS (e.g. `0.0.0.0:50000`).
+    #[arg(long)]
+    api_listen: Option<std::net::SocketAddr>,
+    /// The node API's CA, serving and client certificates (created on first start, then kept).
+    #[arg(long, default_value = "/var/lib/keelson/pki")]
+    pki_dir: PathBuf,
+    /// Where the admin's agentctl configuration is written.
+    #[arg(long, default_value = "/var/lib/keelson/agentctl.yaml")]
+    agentctl_config: PathBuf,
 }
 
 /// Runs the subcommand; returns the process's exit status.
@@ -74,6 +86,15 @@ fn run(args: AgentArgs) -> Result<()> {
     if args.no_masquerade {
         network.masquerade = None;
     }
+    let api = ApiArgs {
+        socket: args.api_socket,
+        tcp: args.api_listen,
+        pki_dir: args.pki_dir,
+        agentctl_config: args.agentctl_config,
+        node_name: node_name.clone(),
+        node_ip: args.node_ip,
+    };
+    let upload_dir = args.state_dir.join("uploads");
     let opts = Options {
         manifests: args.manifests,
         node_name,
@@ -87,11 +108,79 @@ fn run(args: AgentArgs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         let node = Standalone::start(opts).await?;
+        let server = serve_api(&node, &api, upload_dir).await?;
         interrupted().await;
         eprintln!("keelson agent: stopping; pods keep running and are adopted at the next start");
+        server.shutdown().await;
         node.detach().await;
         Ok(())
     })
+}
+
+/// Where and how the node API is served.
+struct ApiArgs {
+    socket: PathBuf,
+    tcp: Option<std::net::SocketAddr>,
+    pki_dir: PathBuf,
+    agentctl_config: PathBuf,
+    node_name: String,
+    node_ip: Option<IpAddr>,
+}
+
+/// Starts the node API over the running node and writes the admin's agentctl configuration.
+async fn serve_api(
+    node: &Standalone,
+    api: &ApiArgs,
+    upload_dir: PathBuf,
+) -> Result<keelson_agent::api::ApiServer> {
+    use keelson_agent::api::{self, pki, service::NodeApi};
+    let mut addresses: Vec<IpAddr> = api.node_ip.into_iter().collect();
+    if let Some(tcp) = api.tcp.filter(|a| !a.ip().is_unspecified()) {
+        addresses.push(tcp.ip());
+    }
+    let names = pki::server_names(&api.node_name, &addresses);
+    let pki = pki::Pki::load_or_create(&api.pki_dir, &names)
+        .with_context(|| format!("node API certificates in {}", api.pki_dir.display()))?;
+    let tls = match api.tcp {
+        Some(_) => Some(pki.server_config().context("node API TLS configuration")?),
+        None => None,
+    };
+    let service = NodeApi::new(
+        std::sync::Arc::new(node.agent.clone()),
+        node.runtime.clone(),
+        Some(node.images.clone()),
+        Some(node.network.clone()),
+        upload_dir,
+    );
+    let listen = api::Listen { socket: Some(api.socket.clone()), tcp: api.tcp };
+    let server = api::serve(service, &listen, tls).await.context("serve the node API")?;
+    let endpoints: Vec<String> = server
+        .tcp_addr()
+        .map(|a| {
+            let host = match (a.ip().is_unspecified(), api.node_ip) {
+                (true, Some(ip)) => ip.to_string(),
+                (true, None) => api.node_name.clone(),
+                (false, _) => a.ip().to_string(),
+            };
+            format!("{host}:{}", a.port())
+        })
+        .into_iter()
+        .collect();
+    api::write_agentctl_config(
+        &pki,
+        &api.agentctl_config,
+        &api.node_name,
+        Some(&api.socket),
+        &endpoints,
+    )
+    .context("write the agentctl configuration")?;
+    eprintln!(
+        "keelson agent: node API on {}{}; agentctl config in {}",
+        api.socket.display(),
+        server.tcp_addr().map(|a| format!(" and {a} (mutual TLS)")).unwrap_or_default(),
+        api.agentctl_config.display()
+    );
+    Ok(server)
 }
 
 /// Completes on Ctrl-C (SIGINT) or SIGTERM.
