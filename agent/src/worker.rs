@@ -243,11 +243,14 @@ impl Worker {
 
     /// Runs passes until `stop` says `true` (then stops the pod) or is dropped (then leaves
     /// the pod running).
-    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+    pub async fn run(self, stop: watch::Receiver<bool>) {
+        use tracing::Instrument;
+        let span = tracing::info_span!("pod", pod = %self.pod_label());
+        self.run_inner(stop).instrument(span).await
+    }
+
+    async fn run_inner(mut self, mut stop: watch::Receiver<bool>) {
         let pod = self.pod_label();
-        let span = tracing::info_span!("pod", %pod);
-        let _enter = span.enter();
-        drop(_enter);
         let mut events = self.env.rt.events();
         loop {
             if *stop.borrow_and_update() {

@@ -19,12 +19,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use k8s_openapi::api::core::v1::Pod;
 use keelson_agent::api::registry::PodRegistry;
+use keelson_agent::network::CniNetwork;
 use keelson_agent::standalone::{Options, Standalone};
 use keelson_cni::config::{IpRange, Mtu, NetworkConfig};
 use keelson_cni::netns::{self, Netns};
 use keelson_runtime::api::Runtime;
 use keelson_runtime::cgroup::{detect_host, Layout};
-use keelson_runtime::sandbox::{CgroupConfig, RuntimeConfig};
+use keelson_runtime::sandbox::{CgroupConfig, RuntimeConfig, ShimRuntime};
 use keelson_tests::images::{need_test_images, oci_layout};
 use keelson_tests::{need_root, require, Tier};
 
@@ -110,7 +111,8 @@ async fn env() -> Result<Env> {
 
 impl Drop for Env {
     fn drop(&mut self) {
-        let Some(rt) = self.runtime.clone() else { return };
+        let rt = self.runtime.clone();
+        let (cfg, net) = (self.opts.runtime.clone(), self.opts.network.clone());
         let node = self.node.take();
         let base = self.cgroup_base.clone();
         // On a fresh thread with its own tokio runtime: this may run inside the test's.
@@ -122,6 +124,17 @@ impl Drop for Env {
                 if let Some(n) = node {
                     n.detach().await;
                 }
+                // A node run as a process: a runtime over its state takes the shims over.
+                let rt: Arc<dyn Runtime> = match rt {
+                    Some(rt) => rt,
+                    None => {
+                        let Ok(net) = CniNetwork::new(net) else { return };
+                        match ShimRuntime::new(cfg, Arc::new(net)).await {
+                            Ok(rt) => Arc::new(rt),
+                            Err(e) => return eprintln!("cleanup: runtime: {e:#}"),
+                        }
+                    }
+                };
                 for s in rt.list_sandboxes().await.unwrap_or_default() {
                     if let Err(e) = rt.remove_sandbox(&s.id).await {
                         eprintln!("cleanup of sandbox {}: {e:#}", s.id);
@@ -525,6 +538,126 @@ fn an_agent_restart_keeps_containers_and_ip_and_a_removed_manifest_stops_the_pod
             .join("pods")
             .join(before.metadata.uid.unwrap_or_default())
             .exists());
+        Ok(())
+    })
+    .expect("test body failed");
+}
+
+/// The `keelson agent` process; killed with SIGKILL when dropped.
+struct AgentProcess(std::process::Child);
+
+impl AgentProcess {
+    fn spawn(e: &Env) -> Result<Self> {
+        let o = &e.opts;
+        let subnet = o.network.ranges[0][0].subnet.to_string();
+        let base = o
+            .runtime
+            .cgroup
+            .as_ref()
+            .map_or_else(|| "keelson".into(), |c| c.layout.base.display().to_string());
+        let mut cmd = std::process::Command::new(keelson_tests::bins::keelson()?);
+        cmd.arg("agent")
+            .arg("--manifests")
+            .arg(&o.manifests)
+            .arg("--state-dir")
+            .arg(&o.state_dir)
+            .arg("--data-dir")
+            .arg(&o.data_dir)
+            .arg("--run-dir")
+            .arg(&o.runtime.state_dir)
+            .arg("--log-root")
+            .arg(&o.runtime.log_root)
+            .args(["--pod-cidr", &subnet, "--node-name", "edge", "--node-ip", "127.0.0.1"])
+            .arg("--no-masquerade")
+            .arg("--bridge-netns")
+            .arg(&e.host.0)
+            .arg("--network-state-dir")
+            .arg(&o.network.state_dir)
+            .args(["--cgroup-base", &base])
+            .arg("--hosts-file")
+            .arg(&o.host_hosts)
+            .arg("--resolv-conf")
+            .arg(&o.host_resolv)
+            .env("KEELSON_SHIM", keelson_tests::bins::shim()?)
+            .env("RUST_LOG", "info")
+            .stderr(std::fs::File::create(e.dir.path().join("agent.log"))?);
+        Ok(AgentProcess(cmd.spawn().context("spawn keelson agent")?))
+    }
+
+    fn sigkill(&mut self) -> Result<()> {
+        self.0.kill()?;
+        self.0.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !ok() {
+        ensure!(Instant::now() < deadline, "{what}: timed out");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+#[test]
+fn the_agent_binary_killed_with_sigkill_and_started_again_restarts_nothing_and_keeps_the_ip() {
+    require!(Tier::Privileged, need_root(), need_test_images());
+    block_on(async {
+        let e = env().await?;
+        let yaml = format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: k}}
+spec:
+  terminationGracePeriodSeconds: 2
+  volumes: [{{name: work, emptyDir: {{}}}}]
+  containers:
+  - name: web
+    image: {img}
+    env: [{{name: IP, valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}}}]
+    command: [sh, -c, 'echo "$(IP)" >> /work/starts; mkdir -p /www; echo up > /www/index.html; exec httpd -f -p 8080 -h /www']
+    volumeMounts: [{{name: work, mountPath: /work}}]
+"#,
+            img = image()
+        );
+        let path = e.opts.manifests.join("k.yaml");
+        let sp = keelson_agent::manifests::parse(&path, yaml.as_bytes(), "edge")
+            .map_err(anyhow::Error::msg)?;
+        let uid = sp.pod.metadata.uid.clone().context("uid")?;
+        let pod_dir = e.opts.state_dir.join("pods").join(&uid);
+        let starts = pod_dir.join("volumes/kubernetes.io~empty-dir/work/starts");
+        e.write("k.yaml", &yaml)?;
+        let mut agent = AgentProcess::spawn(&e)?;
+        wait_for("the container's first start", 60, || starts.exists()).await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let first = std::fs::read_to_string(&starts)?;
+        let ip: IpAddr = first.trim().parse().with_context(|| format!("pod IP {first:?}"))?;
+        let answer = || e.http_get(ip, 8080).unwrap_or_default();
+        wait_for("httpd answering", 10, || answer().contains("up")).await?;
+
+        agent.sigkill()?;
+        ensure!(answer().contains("up"), "the pod died with the agent");
+        let mut agent = AgentProcess::spawn(&e)?;
+        // Long enough for a restarted agent to have recreated anything it wrongly thought lost.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let now = std::fs::read_to_string(&starts)?;
+        ensure!(now == first, "the container was started again: {now:?}");
+        ensure!(answer().contains("up"), "no answer after the agent restart");
+        let log = std::fs::read_to_string(e.dir.path().join("agent.log")).unwrap_or_default();
+        ensure!(log.contains("adopting the running pod"), "agent log: {log}");
+
+        std::fs::remove_file(&path)?;
+        wait_for("the pod stopped and its directory removed", 30, || !pod_dir.exists()).await?;
+        ensure!(e.http_get(ip, 8080).is_err(), "the removed pod still answers");
+        agent.sigkill()?;
         Ok(())
     })
     .expect("test body failed");
