@@ -662,3 +662,51 @@ spec:
     })
     .expect("test body failed");
 }
+
+#[test]
+fn removing_a_manifest_runs_the_pre_stop_hook_and_kills_after_the_grace_period() {
+    require!(Tier::Privileged, need_root(), need_test_images());
+    block_on(async {
+        let mut e = env().await?;
+        e.start().await?;
+        let out = e.dir.path().join("out");
+        e.write(
+            "stubborn.yaml",
+            &format!(
+                r#"apiVersion: v1
+kind: Pod
+metadata: {{name: stubborn}}
+spec:
+  terminationGracePeriodSeconds: 3
+  volumes: [{{name: out, hostPath: {{path: {out}, type: DirectoryOrCreate}}}}]
+  containers:
+  - name: c
+    image: {img}
+    command: [sh, -c, 'trap "" TERM; while true; do sleep 1; done']
+    volumeMounts: [{{name: out, mountPath: /out}}]
+    lifecycle: {{preStop: {{exec: {{command: [sh, -c, 'echo bye > /out/prestop']}}}}}}
+"#,
+                out = out.display(),
+                img = image()
+            ),
+        )?;
+        e.wait_running("stubborn").await?;
+        let rt = e.runtime.clone().context("runtime")?;
+        let t0 = Instant::now();
+        std::fs::remove_file(e.opts.manifests.join("stubborn.yaml"))?;
+        wait_for("the pod to be removed", 30, || e.pod("stubborn").is_none()).await?;
+        e.agent().wait_stopped().await;
+        let took = t0.elapsed();
+        ensure!(rt.list_sandboxes().await?.is_empty(), "the sandbox is left");
+        ensure!(
+            std::fs::read_to_string(out.join("prestop")).ok().as_deref() == Some("bye\n"),
+            "the preStop hook did not run"
+        );
+        ensure!(
+            took >= Duration::from_millis(2500) && took < Duration::from_secs(15),
+            "a container ignoring SIGTERM was stopped after {took:?}, want about the 3 s grace period"
+        );
+        Ok(())
+    })
+    .expect("test body failed");
+}
