@@ -173,8 +173,8 @@ pub struct Worker {
     plan: PodPlan,
     sandbox: Option<(SandboxId, Vec<IpAddr>)>,
     crash: HashMap<String, Crash>,
-    /// Retry of a failed creation step, by container.
-    retry: HashMap<String, Instant>,
+    /// Retry of a failed creation step, by container: when, and the waiting reason and message.
+    retry: HashMap<String, (Instant, String, String)>,
     view: Arc<Mutex<PodView>>,
     start_time: SystemTime,
     failure: Option<(String, String)>,
@@ -535,8 +535,13 @@ impl Worker {
         restart_count: u32,
         rec: &mut ContainerRecord,
     ) -> Option<Instant> {
-        if let Some(at) = self.retry.get(&c.name) {
+        if let Some((at, reason, message)) = self.retry.get(&c.name) {
             if Instant::now() < *at {
+                // Still waiting to retry: the status keeps saying why.
+                rec.phase = ContainerPhase::Waiting {
+                    reason: reason.clone(),
+                    message: Some(message.clone()),
+                };
                 return Some(*at);
             }
         }
@@ -553,10 +558,12 @@ impl Worker {
             }
             Err((reason, message)) => {
                 tracing::warn!(container = %c.name, %reason, %message, "container not started");
-                rec.phase =
-                    ContainerPhase::Waiting { reason: reason.into(), message: Some(message) };
+                rec.phase = ContainerPhase::Waiting {
+                    reason: reason.into(),
+                    message: Some(message.clone()),
+                };
                 let at = Instant::now() + RETRY;
-                self.retry.insert(c.name.clone(), at);
+                self.retry.insert(c.name.clone(), (at, reason.to_owned(), message));
                 Some(at)
             }
         }
