@@ -38,6 +38,8 @@ use crate::pod::status::{self, ContainerPhase, ContainerRecord, PodRecord, Termi
 
 /// Label of containers: the image store's root filesystem key, released at removal.
 pub const LABEL_ROOTFS: &str = "keelson.dev/rootfs";
+/// Label of containers: the image id (config digest) it was created from, for status.
+pub const LABEL_IMAGE_ID: &str = "keelson.dev/image-id";
 /// Annotation of sandboxes: the pod's grace period, for stopping an orphan.
 pub const ANNOTATION_GRACE: &str = "keelson.dev/grace-period-seconds";
 
@@ -447,7 +449,7 @@ impl Worker {
             return Ok((rec, w));
         };
         rec.restart_count = cur.restart_count;
-        rec.image_id = Some(cur.image.clone());
+        rec.image_id = Some(cur.labels.get(LABEL_IMAGE_ID).unwrap_or(&cur.image).clone());
         // Older instances than the previous one are not kept.
         for old in insts.iter().skip(2) {
             self.remove_container(old).await;
@@ -593,6 +595,7 @@ impl Worker {
             .map_err(|m| (status::CREATE_CONTAINER_ERROR, m))?;
         let mut cfg = self.plan.container_config(c, ips, restart_count);
         cfg.labels.insert(LABEL_ROOTFS.into(), key.clone());
+        cfg.labels.insert(LABEL_IMAGE_ID.into(), image.id.clone());
         cfg.image = image.name.clone();
         let cimage =
             ContainerImage { reference: image.name.clone(), config: image.config.clone(), rootfs };

@@ -111,6 +111,8 @@ async fn init_containers_run_in_order_to_success_before_app_containers() {
     let s = r.status();
     assert_eq!(s.pod_ip.as_deref(), Some("10.42.0.1"));
     assert_eq!(s.host_ip.as_deref(), Some("192.0.2.10"));
+    let app = &s.container_statuses.as_ref().unwrap()[0];
+    assert_eq!(app.image_id, "sha256:b", "the image id is the resolved image's");
     let init = s.init_container_statuses.unwrap();
     assert!(init.iter().all(|c| c
         .state
