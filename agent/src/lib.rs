@@ -1,9 +1,11 @@
 //! Keelson's node daemon.
 //!
-//! So far it holds what the `keelson` binary runs: [`run`], one container in its own pod
-//! sandbox from an image (the steps a pod worker takes, without the cluster), and
-//! [`network`], the pod network the runtime is given (the `cni/` library in process). The
-//! binary is a thin clap front over these modules.
+//! It holds what the `keelson` binary runs: [`run`], one container in its own pod sandbox from
+//! an image; [`network`], the pod network the runtime is given (the `cni/` library in process);
+//! and the pod lifecycle of a standalone node ([`standalone`]): static pod manifests
+//! ([`manifests`]), their translation, status and restart rules ([`pod`]), one level-triggered
+//! worker per pod ([`worker`]) and the [`node::Agent`] that owns them and implements the node
+//! API's [`api::registry::PodRegistry`]. The binary is a thin clap front over these modules.
 
 pub mod api;
 pub mod manifests;

@@ -252,7 +252,17 @@ impl Agent {
             }
         }
         let dir = self.inner.cfg.state_dir.join("pods").join(&s.pod.uid);
-        let _ = std::fs::remove_dir_all(dir);
+        // Memory-backed emptyDirs are tmpfs mounts: unmounted before the directory goes.
+        if let Ok(vols) = std::fs::read_dir(dir.join("volumes/kubernetes.io~empty-dir")) {
+            for v in vols.flatten() {
+                self.inner.env.mounter.unmount(&v.path());
+            }
+        }
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %dir.display(), error = %e, "remove an orphan pod's directory");
+            }
+        }
     }
 
     /// The sandboxes of the pods the agent runs (for network garbage collection).

@@ -177,3 +177,31 @@ async fn a_new_agent_adopts_running_pods_and_stops_those_without_a_manifest() {
     assert_eq!(a.container_id("web-n", Some("c")).unwrap().id, cref.id);
     assert!(a.container_id("default/old-n", None).is_none());
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_orphan_is_stopped_within_its_recorded_grace_period_and_its_files_removed() {
+    let h = h();
+    // A pod from a manifest that is gone by the time the agent starts.
+    {
+        let a = h.agent();
+        let m = "apiVersion: v1\nkind: Pod\nmetadata: {name: gone}\nspec: {terminationGracePeriodSeconds: 7, volumes: [{name: m, emptyDir: {medium: Memory}}], containers: [{name: c, image: b, volumeMounts: [{name: m, mountPath: /m}]}]}\n";
+        a.apply(&snap(&[("/m/gone.yaml", m)]));
+        settle().await;
+        assert_eq!(running_names(&h.rt), ["c"]);
+        a.detach().await;
+    }
+    let pods_dir = h.dir.path().join("state/pods");
+    assert_eq!(std::fs::read_dir(&pods_dir).unwrap().count(), 1);
+    let a = h.agent();
+    let (_tx, rx) = watch::channel(Snapshot::default());
+    let _run = tokio::spawn({
+        let a = a.clone();
+        async move { a.run(rx).await }
+    });
+    settle().await;
+    let st = h.rt.st();
+    assert!(st.sandboxes.is_empty(), "the orphan's sandbox is left");
+    assert_eq!(st.stops, [("c".to_owned(), Duration::from_secs(7))]);
+    drop(st);
+    assert_eq!(std::fs::read_dir(&pods_dir).unwrap().count(), 0, "the orphan's files are left");
+}

@@ -9,13 +9,12 @@ use std::sync::Arc;
 use keelson_cni::config::NetworkConfig;
 use keelson_runtime::api::Runtime;
 use keelson_runtime::image::ImageStore;
-use keelson_runtime::sandbox::ShimRuntime;
+use keelson_runtime::sandbox::{RuntimeConfig, ShimRuntime};
 use tokio::sync::watch;
 
 use crate::manifests::{Snapshot, Watcher};
 use crate::network::CniNetwork;
 use crate::node::{Agent, AgentConfig, StoreImages};
-use crate::run::{runtime_config, Paths};
 use crate::worker::{DisplayChain, SysMounter, WorkerEnv};
 
 /// Errors of starting a standalone node.
@@ -33,9 +32,6 @@ pub enum Error {
     /// The pod network configuration is invalid.
     #[error("pod network")]
     Network(#[source] crate::network::Error),
-    /// The runtime could not be set up.
-    #[error("runtime")]
-    Runtime(#[source] crate::run::Error),
     /// The runtime could not start.
     #[error("start the runtime")]
     RuntimeStart(#[source] keelson_runtime::api::Error),
@@ -61,8 +57,10 @@ pub struct Options {
     pub node_ip: Option<IpAddr>,
     /// The agent's state (`/var/lib/keelson/agent`).
     pub state_dir: PathBuf,
-    /// Runtime paths: images (`data_dir/images`), runtime state, logs, the shim.
-    pub paths: Paths,
+    /// Persistent data: the image store is `<data_dir>/images`.
+    pub data_dir: PathBuf,
+    /// The runtime's configuration (see [`crate::run::runtime_config`]).
+    pub runtime: RuntimeConfig,
     /// The pod network.
     pub network: NetworkConfig,
     /// The node's `/etc/hosts`, for `hostNetwork` pods.
@@ -96,7 +94,7 @@ impl Standalone {
     pub async fn start(opts: Options) -> Result<Self, Error> {
         std::fs::create_dir_all(&opts.state_dir)
             .map_err(|source| Error::StateDir { path: opts.state_dir.clone(), source })?;
-        let root = opts.paths.data_dir.join("images");
+        let root = opts.data_dir.join("images");
         let r = root.clone();
         let images = tokio::task::spawn_blocking(move || ImageStore::open(r))
             .await
@@ -106,8 +104,9 @@ impl Standalone {
             })?
             .map_err(|source| Error::Images { path: root, source })?;
         let network = Arc::new(CniNetwork::new(opts.network.clone()).map_err(Error::Network)?);
-        let cfg = runtime_config(&opts.paths).map_err(Error::Runtime)?;
-        let rt = ShimRuntime::new(cfg, network.clone()).await.map_err(Error::RuntimeStart)?;
+        let rt = ShimRuntime::new(opts.runtime.clone(), network.clone())
+            .await
+            .map_err(Error::RuntimeStart)?;
         let runtime: Arc<dyn Runtime> = Arc::new(rt);
         let env = Arc::new(WorkerEnv {
             rt: runtime.clone(),

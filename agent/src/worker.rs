@@ -38,6 +38,8 @@ use crate::pod::status::{self, ContainerPhase, ContainerRecord, PodRecord, Termi
 
 /// Label of containers: the image store's root filesystem key, released at removal.
 pub const LABEL_ROOTFS: &str = "keelson.dev/rootfs";
+/// Label of containers: the image id (config digest) it was created from, for status.
+pub const LABEL_IMAGE_ID: &str = "keelson.dev/image-id";
 /// Annotation of sandboxes: the pod's grace period, for stopping an orphan.
 pub const ANNOTATION_GRACE: &str = "keelson.dev/grace-period-seconds";
 
@@ -173,8 +175,8 @@ pub struct Worker {
     plan: PodPlan,
     sandbox: Option<(SandboxId, Vec<IpAddr>)>,
     crash: HashMap<String, Crash>,
-    /// Retry of a failed creation step, by container.
-    retry: HashMap<String, Instant>,
+    /// Retry of a failed creation step, by container: when, and the waiting reason and message.
+    retry: HashMap<String, (Instant, String, String)>,
     view: Arc<Mutex<PodView>>,
     start_time: SystemTime,
     failure: Option<(String, String)>,
@@ -243,11 +245,14 @@ impl Worker {
 
     /// Runs passes until `stop` says `true` (then stops the pod) or is dropped (then leaves
     /// the pod running).
-    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+    pub async fn run(self, stop: watch::Receiver<bool>) {
+        use tracing::Instrument;
+        let span = tracing::info_span!("pod", pod = %self.pod_label());
+        self.run_inner(stop).instrument(span).await
+    }
+
+    async fn run_inner(mut self, mut stop: watch::Receiver<bool>) {
         let pod = self.pod_label();
-        let span = tracing::info_span!("pod", %pod);
-        let _enter = span.enter();
-        drop(_enter);
         let mut events = self.env.rt.events();
         loop {
             if *stop.borrow_and_update() {
@@ -444,7 +449,7 @@ impl Worker {
             return Ok((rec, w));
         };
         rec.restart_count = cur.restart_count;
-        rec.image_id = Some(cur.image.clone());
+        rec.image_id = Some(cur.labels.get(LABEL_IMAGE_ID).unwrap_or(&cur.image).clone());
         // Older instances than the previous one are not kept.
         for old in insts.iter().skip(2) {
             self.remove_container(old).await;
@@ -532,8 +537,13 @@ impl Worker {
         restart_count: u32,
         rec: &mut ContainerRecord,
     ) -> Option<Instant> {
-        if let Some(at) = self.retry.get(&c.name) {
+        if let Some((at, reason, message)) = self.retry.get(&c.name) {
             if Instant::now() < *at {
+                // Still waiting to retry: the status keeps saying why.
+                rec.phase = ContainerPhase::Waiting {
+                    reason: reason.clone(),
+                    message: Some(message.clone()),
+                };
                 return Some(*at);
             }
         }
@@ -550,10 +560,12 @@ impl Worker {
             }
             Err((reason, message)) => {
                 tracing::warn!(container = %c.name, %reason, %message, "container not started");
-                rec.phase =
-                    ContainerPhase::Waiting { reason: reason.into(), message: Some(message) };
+                rec.phase = ContainerPhase::Waiting {
+                    reason: reason.into(),
+                    message: Some(message.clone()),
+                };
                 let at = Instant::now() + RETRY;
-                self.retry.insert(c.name.clone(), at);
+                self.retry.insert(c.name.clone(), (at, reason.to_owned(), message));
                 Some(at)
             }
         }
@@ -583,6 +595,7 @@ impl Worker {
             .map_err(|m| (status::CREATE_CONTAINER_ERROR, m))?;
         let mut cfg = self.plan.container_config(c, ips, restart_count);
         cfg.labels.insert(LABEL_ROOTFS.into(), key.clone());
+        cfg.labels.insert(LABEL_IMAGE_ID.into(), image.id.clone());
         cfg.image = image.name.clone();
         let cimage =
             ContainerImage { reference: image.name.clone(), config: image.config.clone(), rootfs };

@@ -219,7 +219,9 @@ fn terminated(t: &Termination) -> k8s::ContainerState {
     }
 }
 
-fn container_status(c: &ContainerRecord) -> k8s::ContainerStatus {
+/// One container's status; an init container is ready once it succeeded, an app container
+/// while it runs (no probes).
+fn container_status(c: &ContainerRecord, init: bool) -> k8s::ContainerStatus {
     let id = match &c.phase {
         ContainerPhase::Running { container_id, .. } => Some(container_id.clone()),
         ContainerPhase::Terminated(t) => t.container_id.clone(),
@@ -232,7 +234,7 @@ fn container_status(c: &ContainerRecord) -> k8s::ContainerStatus {
         container_id: id.map(|i| format!("{CONTAINER_ID_PREFIX}{i}")),
         state: Some(state(&c.phase)),
         last_state: Some(c.last_termination.as_ref().map(terminated).unwrap_or_default()),
-        ready: c.running(),
+        ready: if init { c.succeeded() } else { c.running() },
         started: Some(c.running()),
         restart_count: i32::try_from(c.restart_count).unwrap_or(i32::MAX),
         ..Default::default()
@@ -352,8 +354,8 @@ pub fn status(r: &PodRecord) -> k8s::PodStatus {
         start_time: time(r.start_time),
         qos_class: Some(qos.to_owned()),
         init_container_statuses: (!r.init_containers.is_empty())
-            .then(|| r.init_containers.iter().map(container_status).collect()),
-        container_statuses: Some(r.containers.iter().map(container_status).collect()),
+            .then(|| r.init_containers.iter().map(|c| container_status(c, true)).collect()),
+        container_statuses: Some(r.containers.iter().map(|c| container_status(c, false)).collect()),
         ..Default::default()
     }
 }
@@ -428,6 +430,7 @@ mod tests {
         assert_eq!(cs.container_id.as_deref(), Some("keelson://a0"));
         assert!(cs.state.as_ref().unwrap().running.is_some());
         let init = &s.init_container_statuses.as_ref().unwrap()[0];
+        assert!(init.ready, "a completed init container is ready");
         assert_eq!(
             init.state.as_ref().unwrap().terminated.as_ref().unwrap().reason.as_deref(),
             Some("Completed")

@@ -39,6 +39,22 @@ pub struct AgentArgs {
     /// Do not masquerade pod traffic leaving the node.
     #[arg(long)]
     no_masquerade: bool,
+    /// The node's hosts file, the base of hostNetwork pods' /etc/hosts.
+    #[arg(long, default_value = "/etc/hosts")]
+    hosts_file: PathBuf,
+    /// The resolver configuration pods get (with their dnsConfig merged in).
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    resolv_conf: PathBuf,
+    /// Put the pod bridge in this network namespace instead of the agent's (tests, simulated
+    /// nodes).
+    #[arg(long, hide = true)]
+    bridge_netns: Option<PathBuf>,
+    /// The pod network's allocation state (default: the CNI library's).
+    #[arg(long, hide = true)]
+    network_state_dir: Option<PathBuf>,
+    /// The top cgroup of pods (tests, simulated nodes).
+    #[arg(long, hide = true, default_value = "keelson")]
+    cgroup_base: PathBuf,
     /// The `keelson-shim` binary (default: next to this one).
     #[arg(long, env = "KEELSON_SHIM")]
     shim: Option<PathBuf>,
@@ -86,6 +102,14 @@ fn run(args: AgentArgs) -> Result<()> {
     if args.no_masquerade {
         network.masquerade = None;
     }
+    network.host_netns = args.bridge_netns;
+    if let Some(d) = args.network_state_dir {
+        network.state_dir = d;
+    }
+    let mut runtime = keelson_agent::run::runtime_config(&paths)?;
+    if let Some(c) = runtime.cgroup.as_mut() {
+        c.layout.base = args.cgroup_base;
+    }
     let api = ApiArgs {
         socket: args.api_socket,
         tcp: args.api_listen,
@@ -100,10 +124,11 @@ fn run(args: AgentArgs) -> Result<()> {
         node_name,
         node_ip: args.node_ip,
         state_dir: args.state_dir,
-        paths,
+        data_dir: paths.data_dir.clone(),
+        runtime,
         network,
-        host_hosts: "/etc/hosts".into(),
-        host_resolv: "/etc/resolv.conf".into(),
+        host_hosts: args.hosts_file,
+        host_resolv: args.resolv_conf,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
