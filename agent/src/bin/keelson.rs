@@ -28,7 +28,7 @@ enum Command {
     /// Run one container from an image in its own pod sandbox (no network) and wait for it.
     Run(run::RunArgs),
     /// Run the static pods of a manifest directory (a standalone node).
-    Agent(agent::AgentArgs),
+    Agent(Box<agent::AgentArgs>),
     /// The CNI plugin (spec 1.0 and 1.1): reads CNI_COMMAND and the CNI_* environment, the
     /// network configuration on stdin, and writes the result on stdout.
     Cni,
@@ -55,7 +55,7 @@ fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Run(args) => run::main(args),
-        Command::Agent(args) => agent::main(args),
+        Command::Agent(args) => agent::main(*args),
         Command::Cni => cni::main(),
     };
     std::process::exit(code);
