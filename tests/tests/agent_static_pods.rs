@@ -290,6 +290,8 @@ fn a_busybox_httpd_static_pod_answers_on_its_pod_ip() {
         e.write("web.yaml", &httpd("web"))?;
         let p = e.wait_running("web").await?;
         let ip = pod_ip(&p)?;
+        // Running is the container's process, not yet httpd's listening socket.
+        wait_for("httpd answering", 10, || e.http_get(ip, 8080).is_ok()).await?;
         let body = e.http_get(ip, 8080)?;
         ensure!(body.contains("hello from web-edge"), "unexpected answer: {body}");
         let hosts = std::fs::read_to_string(
@@ -325,7 +327,7 @@ spec:
   containers:
   - name: c
     image: {img}
-    command: [sh, -c, 'cat /proc/net/dev > /out/dev; exec sleep 3600']
+    command: [sh, -c, 'cat /proc/net/dev > /out/dev.tmp && mv /out/dev.tmp /out/dev; exec sleep 3600']
     volumeMounts: [{{name: out, mountPath: /out}}]
 "#,
                 out = out.display(),
@@ -343,6 +345,7 @@ spec:
             v.sort();
             v
         };
+        // Renamed into place by the pod, so it is whole once it exists.
         let deadline = Instant::now() + Duration::from_secs(10);
         while !out.join("dev").exists() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -480,7 +483,9 @@ fn a_bad_manifest_is_reported_and_does_not_affect_other_pods() {
         );
         ensure!(msg("junk.yaml").is_some(), "{errs:?}");
         ensure!(e.pod("bad").is_none(), "the bad pod runs");
-        let body = e.http_get(pod_ip(&p)?, 8080)?;
+        let ip = pod_ip(&p)?;
+        wait_for("httpd answering", 10, || e.http_get(ip, 8080).is_ok()).await?;
+        let body = e.http_get(ip, 8080)?;
         ensure!(body.contains("hello"), "{body}");
         Ok(())
     })
