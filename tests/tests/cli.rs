@@ -6,39 +6,12 @@
 //! dir. Each test has its own data, state and log directories (a tempdir); `keelson run`
 //! removes its sandbox itself, and the test checks that nothing of it is left.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::OnceLock;
 
 use anyhow::{Context, Result};
 use keelson_tests::images::{need_test_images, test_images_dir};
 use keelson_tests::{need_root, require, Tier};
-
-/// Builds `keelson` and `keelson-shim` once per test process (a no-op when fresh) and returns
-/// the directory holding them (`target/<profile>`, next to this test binary's `deps/`).
-fn binaries() -> Result<PathBuf> {
-    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let profile_dir = exe.parent().and_then(Path::parent).ok_or("odd test binary path")?;
-        let target = profile_dir.parent().ok_or("odd test binary path")?;
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "keelson-agent", "-p", "keelson-shim"])
-            .args(["--bin", "keelson", "--bin", "keelson-shim"])
-            .env("CARGO_TARGET_DIR", target);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let st = cmd.status().map_err(|e| format!("run cargo: {e}"))?;
-        if !st.success() {
-            return Err(format!("cargo build keelson, keelson-shim: {st}"));
-        }
-        Ok(profile_dir.to_owned())
-    })
-    .clone()
-    .map_err(anyhow::Error::msg)
-}
 
 struct Run {
     code: i32,
@@ -47,8 +20,7 @@ struct Run {
 }
 
 fn keelson_run(dir: &Path, image: &Path, name: &str, cmd: &[&str]) -> Result<Run> {
-    let bin = binaries()?;
-    let out = Command::new(bin.join("keelson"))
+    let out = Command::new(keelson_tests::bins::keelson()?)
         .arg("run")
         .arg("--image")
         .arg(image)
@@ -120,8 +92,7 @@ fn keelson_run_removes_its_sandbox_when_interrupted() {
     use std::io::{BufRead, BufReader};
     require!(Tier::Privileged, need_root(), need_test_images());
     let dir = tempfile::tempdir().expect("tempdir");
-    let bin = binaries().expect("binaries");
-    let mut child = Command::new(bin.join("keelson"))
+    let mut child = Command::new(keelson_tests::bins::keelson().expect("the keelson binary"))
         .arg("run")
         .arg("--image")
         .arg(test_images_dir().join("busybox-oci"))
