@@ -208,6 +208,36 @@ pub struct Status {
     pub exhausted: Vec<(usize, String)>,
 }
 
+/// The host side of a network, to be ensured on a host-namespace thread.
+#[derive(Debug)]
+struct HostPlan {
+    bridge: BridgeSpec,
+    masquerade: Option<(MasqueradeRules, Arc<dyn Masquerader>)>,
+}
+
+impl HostPlan {
+    /// Ensures the bridge with its sysctls, then the masquerade rules, in the namespace `nl`
+    /// and `sysctl` serve (the calling thread's).
+    async fn ensure(self, nl: &mut RtNetlink, sysctl: &mut impl link::Sysctl) -> Result<Bridge> {
+        let b = bridge::ensure(nl, sysctl, &self.bridge).await.map_err(|source| Error::Link {
+            what: format!("ensure bridge {}", self.bridge.name),
+            source,
+        })?;
+        if let Some((rules, m)) = self.masquerade {
+            m.ensure(&rules).map_err(Error::Masquerade)?;
+        }
+        Ok(b)
+    }
+}
+
+/// What an ADD knows of the host side.
+enum HostSide {
+    /// Ensured earlier by this [`Network`].
+    Known(Bridge),
+    /// Not yet (or again after a failure): the ADD ensures it first.
+    Ensure(HostPlan),
+}
+
 /// One node network: the bridge, its pods' veths and their addresses.
 #[derive(Debug)]
 pub struct Network {
@@ -295,37 +325,18 @@ impl Network {
             .map_err(|source| Error::Netns { key: key.to_owned(), source })
     }
 
-    /// The bridge, ensured (with sysctls and masquerade) on the first call after creation or
-    /// after a failure.
-    async fn ensure_host(&self) -> Result<Bridge> {
-        let mut cached = self.bridge.lock().await;
-        if let Some(b) = *cached {
-            return Ok(b);
+    /// What the host side needs ensured: the bridge (with its sysctls) and the masquerade
+    /// rules, when on.
+    fn host_plan(&self) -> HostPlan {
+        HostPlan {
+            bridge: BridgeSpec {
+                name: self.cfg.bridge.clone(),
+                mtu: self.cfg.mtu,
+                gateways: self.gateways.clone(),
+            },
+            masquerade: MasqueradeRules::from_config(&self.cfg)
+                .map(|r| (r, self.masquerader.clone())),
         }
-        let spec = BridgeSpec {
-            name: self.cfg.bridge.clone(),
-            mtu: self.cfg.mtu,
-            gateways: self.gateways.clone(),
-        };
-        let masq = MasqueradeRules::from_config(&self.cfg).map(|r| (r, self.masquerader.clone()));
-        let host = self.host_netns("*")?;
-        let b = netns::run(host.as_ref(), move |t| async move {
-            let mut nl = RtNetlink::new(
-                t.connect().map_err(|source| Error::Netns { key: "*".into(), source })?,
-            );
-            let b = bridge::ensure(&mut nl, &mut t.sysctl(), &spec).await.map_err(|source| {
-                Error::Link { what: format!("ensure bridge {}", spec.name), source }
-            })?;
-            if let Some((rules, m)) = masq {
-                m.ensure(&rules).map_err(Error::Masquerade)?;
-            }
-            Ok::<_, Error>(b)
-        })
-        .await
-        .map_err(|source| Error::Netns { key: "*".into(), source })??;
-        tracing::debug!(bridge = %self.cfg.bridge, index = b.index, mtu = b.mtu, "bridge ready");
-        *cached = Some(b);
-        Ok(b)
     }
 
     async fn forget_bridge(&self) {
@@ -340,7 +351,14 @@ impl Network {
         let span = tracing::debug_span!("cni_add", key = %label);
         let _enter = span.enter();
         let pod_ns = open_pod(&a.netns)?;
-        let bridge = self.ensure_host().await?;
+        // The host side is ensured once (again after a failure), on this ADD's own thread and
+        // connection: a one-shot plugin process pays for one thread and one socket, not two.
+        // The first ADDs of a fresh network wait here for the one that ensures it.
+        let guard = self.bridge.lock().await;
+        let (side, mut ensuring) = match *guard {
+            Some(b) => (HostSide::Known(b), None),
+            None => (HostSide::Ensure(self.host_plan()), Some(guard)),
+        };
         let ipam = self.ipam()?;
         let host = self.host_netns(&label)?;
         let (bridge_name, hairpin) = (self.cfg.bridge.clone(), self.cfg.hairpin);
@@ -349,6 +367,12 @@ impl Network {
             let label = work_label;
             let ns_err = |source| Error::Netns { key: label.clone(), source };
             let mut host = RtNetlink::new(t.connect().map_err(|e| (ns_err(e), false))?);
+            let bridge = match side {
+                HostSide::Known(b) => b,
+                HostSide::Ensure(plan) => {
+                    plan.ensure(&mut host, &mut t.sysctl()).await.map_err(|e| (e, false))?
+                }
+            };
             let ips = ipam
                 .allocate(&key)
                 .map_err(|source| (Error::Ipam { key: label.clone(), source }, false))?;
@@ -374,16 +398,19 @@ impl Network {
                         what: format!("wire {label} in the pod"),
                         source,
                     })?;
-                Ok::<_, Error>(Attachment {
-                    bridge: bridge_name,
-                    bridge_mac: bridge.mac,
-                    host_veth: host_end.name,
-                    host_mac: host_end.mac,
-                    pod_ifname: spec.ifname.clone(),
-                    pod_mac: pod_end.mac,
-                    mtu: spec.mtu,
-                    ips: spec.ips.clone(),
-                })
+                Ok::<_, Error>((
+                    bridge,
+                    Attachment {
+                        bridge: bridge_name,
+                        bridge_mac: bridge.mac,
+                        host_veth: host_end.name,
+                        host_mac: host_end.mac,
+                        pod_ifname: spec.ifname.clone(),
+                        pod_mac: pod_end.mac,
+                        mtu: spec.mtu,
+                        ips: spec.ips.clone(),
+                    },
+                ))
             }
             .await;
             match wired {
@@ -408,7 +435,11 @@ impl Network {
         .await
         .map_err(|source| Error::Netns { key: label.clone(), source })?;
         match outcome {
-            Ok(att) => {
+            Ok((bridge, att)) => {
+                if let Some(guard) = ensuring.as_mut() {
+                    tracing::debug!(bridge = %att.bridge, index = bridge.index, mtu = bridge.mtu, "bridge ready");
+                    **guard = Some(bridge);
+                }
                 tracing::debug!(veth = %att.host_veth, ips = ?att.ips, "pod wired");
                 Ok(att)
             }
@@ -416,7 +447,7 @@ impl Network {
                 if retired {
                     self.reaper.poke();
                 }
-                if matches!(e, Error::Link { .. }) {
+                if ensuring.is_none() && matches!(e, Error::Link { .. }) {
                     // The bridge may be what went wrong: ensure it again next time.
                     self.forget_bridge().await;
                 }

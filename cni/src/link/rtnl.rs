@@ -336,39 +336,36 @@ impl Netlink for RtNetlink {
     }
 
     async fn default_routes(&mut self) -> Result<Vec<Route>> {
+        // One dump for both families (AF_UNSPEC): IPv4's routes, then IPv6's.
+        let op = || "list routes".to_string();
+        let mut req = RouteMessage::default();
+        req.header.address_family = AddressFamily::Unspec;
+        req.header.table = RouteHeader::RT_TABLE_MAIN;
+        let replies =
+            self.send(RouteNetlinkMessage::GetRoute(req), NLM_F_REQUEST | NLM_F_DUMP, &op)?;
         let mut out = Vec::new();
-        for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
-            let op = || format!("list routes ({fam:?})");
-            let mut req = RouteMessage::default();
-            req.header.address_family = fam;
-            req.header.table = RouteHeader::RT_TABLE_MAIN;
-            let replies =
-                self.send(RouteNetlinkMessage::GetRoute(req), NLM_F_REQUEST | NLM_F_DUMP, &op)?;
-            for m in collect(replies, &op).await? {
-                let RouteNetlinkMessage::NewRoute(r) = m else { continue };
-                if r.header.destination_prefix_length != 0
-                    || r.header.table != RouteHeader::RT_TABLE_MAIN
-                    || r.header.kind != RouteType::Unicast
-                {
-                    continue;
-                }
-                let mut route = Route {
-                    dst: match fam {
-                        AddressFamily::Inet6 => IpNet::V6(Default::default()),
-                        _ => IpNet::V4(Default::default()),
-                    },
-                    gateway: None,
-                    oif: None,
-                };
-                for attr in &r.attributes {
-                    match attr {
-                        RouteAttribute::Gateway(g) => route.gateway = route_ip(g),
-                        RouteAttribute::Oif(i) => route.oif = Some(*i),
-                        _ => {}
-                    }
-                }
-                out.push(route);
+        for m in collect(replies, &op).await? {
+            let RouteNetlinkMessage::NewRoute(r) = m else { continue };
+            let dst = match r.header.address_family {
+                AddressFamily::Inet => IpNet::V4(Default::default()),
+                AddressFamily::Inet6 => IpNet::V6(Default::default()),
+                _ => continue,
+            };
+            if r.header.destination_prefix_length != 0
+                || r.header.table != RouteHeader::RT_TABLE_MAIN
+                || r.header.kind != RouteType::Unicast
+            {
+                continue;
             }
+            let mut route = Route { dst, gateway: None, oif: None };
+            for attr in &r.attributes {
+                match attr {
+                    RouteAttribute::Gateway(g) => route.gateway = route_ip(g),
+                    RouteAttribute::Oif(i) => route.oif = Some(*i),
+                    _ => {}
+                }
+            }
+            out.push(route);
         }
         Ok(out)
     }
