@@ -9,6 +9,7 @@
 
 use std::fmt;
 
+pub mod bench;
 pub mod bins;
 pub mod images;
 pub mod vm;

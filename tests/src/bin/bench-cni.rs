@@ -23,6 +23,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use keelson_cni::config::NetworkConfig;
 use keelson_cni::{netns, Attach, Network};
+use keelson_tests::bench::{isolate, report};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -138,23 +139,6 @@ impl Plugin {
     }
 }
 
-fn pct(times: &[Duration], q: f64) -> f64 {
-    let mut v: Vec<f64> = times.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
-    v.sort_by(f64::total_cmp);
-    let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
-    v[i]
-}
-
-fn report(figure: &str, ours: &[Duration], theirs: Option<&[Duration]>) {
-    println!("BENCH {figure}_keelson_median {:.2} ms", pct(ours, 0.5));
-    println!("BENCH {figure}_keelson_p99 {:.2} ms", pct(ours, 0.99));
-    if let Some(theirs) = theirs {
-        println!("BENCH {figure}_reference_median {:.2} ms", pct(theirs, 0.5));
-        println!("BENCH {figure}_reference_p99 {:.2} ms", pct(theirs, 0.99));
-        println!("BENCH {figure}_ratio_vs_reference {:.2} x", pct(ours, 0.5) / pct(theirs, 0.5));
-    }
-}
-
 /// Pins `n` fresh pod namespaces under `dir`.
 fn sandboxes(dir: &Path, prefix: &str, n: usize) -> Result<Vec<(String, PathBuf)>> {
     std::fs::create_dir_all(dir)?;
@@ -166,20 +150,6 @@ fn sandboxes(dir: &Path, prefix: &str, n: usize) -> Result<Vec<(String, PathBuf)
             Ok((id, path))
         })
         .collect()
-}
-
-fn isolate() -> Result<()> {
-    use nix::mount::{mount, MsFlags};
-    use nix::sched::{unshare, CloneFlags};
-    unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS).context("unshare net+mnt")?;
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .context("make / private")?;
-    // The host namespace's loopback, as on a real node.
-    let st = Command::new("ip").args(["link", "set", "lo", "up"]).status()?;
-    if !st.success() {
-        bail!("ip link set lo up: {st}");
-    }
-    Ok(())
 }
 
 fn main() -> Result<()> {
@@ -252,8 +222,8 @@ fn main() -> Result<()> {
             }
         }
     }
-    report("cni_add", &add_a, Some(&add_b));
-    report("cni_del", &del_a, Some(&del_b));
+    report("cni_add", &add_a, Some(("reference", &add_b)));
+    report("cni_del", &del_a, Some(("reference", &del_b)));
 
     let w = args.parallel;
     let (mut padd_a, mut padd_b, mut pdel_a, mut pdel_b) = (vec![], vec![], vec![], vec![]);
@@ -263,8 +233,8 @@ fn main() -> Result<()> {
         pdel_a.extend(ours.waves("DEL", chunk_a, w)?);
         pdel_b.extend(reference.waves("DEL", chunk_b, w)?);
     }
-    report(&format!("cni_add_{w}_at_once"), &padd_a, Some(&padd_b));
-    report(&format!("cni_del_{w}_at_once"), &pdel_a, Some(&pdel_b));
+    report(&format!("cni_add_{w}_at_once"), &padd_a, Some(("reference", &padd_b)));
+    report(&format!("cni_del_{w}_at_once"), &pdel_a, Some(("reference", &pdel_b)));
     println!("BENCH cni_runs {n} sandboxes");
     println!("BENCH cni_dual_stack {} bool", u8::from(args.dual_stack));
     println!("BENCH cni_masquerade {} bool", u8::from(!args.no_masquerade));
