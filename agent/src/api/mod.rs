@@ -354,18 +354,43 @@ impl ApiServer {
 }
 
 /// Writes the admin's agentctl config for this node to `path` (mode 0600: it holds the
-/// admin key). Endpoints: the unix socket, then `host:port` for each of `tcp_hosts`.
+/// admin key). Endpoints: the unix socket, then `host:port` for each of `tcp_endpoints`.
+///
+/// With TCP endpoints, also writes the reader's config next to it ([`reader_config_path`]):
+/// the same endpoints over mutual TLS with the reader's certificate, which may look at
+/// everything and change nothing. The unix socket is left out of it: a local client there is
+/// the admin whatever it presents. Returns the reader's path when written.
 pub fn write_agentctl_config(
     pki: &pki::Pki,
     path: &Path,
     context: &str,
     socket: Option<&Path>,
     tcp_endpoints: &[String],
-) -> Result<()> {
+) -> Result<Option<PathBuf>> {
     let mut endpoints: Vec<String> =
         socket.map(|s| format!("unix:{}", s.display())).into_iter().collect();
     endpoints.extend(tcp_endpoints.iter().cloned());
-    let cfg = pki.agentctl_config(context, endpoints, Role::Admin);
+    write_config(path, &pki.agentctl_config(context, endpoints, Role::Admin))?;
+    if tcp_endpoints.is_empty() {
+        return Ok(None);
+    }
+    let reader = reader_config_path(path);
+    write_config(&reader, &pki.agentctl_config(context, tcp_endpoints.to_vec(), Role::Reader))?;
+    Ok(Some(reader))
+}
+
+/// Where the reader's config goes, next to the admin's: `agentctl.yaml` gives
+/// `agentctl-reader.yaml`.
+pub fn reader_config_path(admin: &Path) -> PathBuf {
+    let stem = admin.file_stem().map_or_else(|| "agentctl".into(), |s| s.to_string_lossy());
+    let name = match admin.extension() {
+        Some(ext) => format!("{stem}-reader.{}", ext.to_string_lossy()),
+        None => format!("{stem}-reader"),
+    };
+    admin.with_file_name(name)
+}
+
+fn write_config(path: &Path, cfg: &keelson_agentctl::config::AgentctlConfig) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|source| Error::Listen {
             op: "create the directory of",
@@ -374,7 +399,7 @@ pub fn write_agentctl_config(
         })?;
     }
     pki::write_file(path, &cfg.to_yaml()?, 0o600)?;
-    tracing::info!(path = %path.display(), "wrote the agentctl config");
+    tracing::info!(path = %path.display(), "wrote an agentctl config");
     Ok(())
 }
 

@@ -475,7 +475,7 @@ async fn the_written_agentctl_config_reaches_the_node_over_both_transports() {
     let node = Node::start().await;
     let path = node._dir.path().join("etc/agentctl.yaml");
     let tcp = node.server.tcp_addr().unwrap().to_string();
-    write_agentctl_config(
+    let reader = write_agentctl_config(
         &node.pki,
         &path,
         "node",
@@ -490,10 +490,44 @@ async fn the_written_agentctl_config_reaches_the_node_over_both_transports() {
     let c = Client::connect(ctx).await.unwrap();
     assert!(c.endpoint().starts_with("unix:"));
     assert!(c.health().await.unwrap().checks.iter().any(|h| h.name == "runtime" && h.ok));
-    let only_tcp = Context { endpoints: vec![tcp], ..ctx.clone() };
+    let only_tcp = Context { endpoints: vec![tcp.clone()], ..ctx.clone() };
     let c = Client::connect(&only_tcp).await.unwrap();
     let r = c.exec_collect(start("web", &["exit", "9"]), None).await.unwrap();
     assert_eq!(r.exit.code, 9);
+
+    // The reader's config: TCP only, looks, changes nothing.
+    let reader = reader.unwrap();
+    assert_eq!(reader, node._dir.path().join("etc/agentctl-reader.yaml"));
+    let mode = std::fs::metadata(&reader).unwrap();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777, 0o600);
+    let cfg = keelson_agentctl::AgentctlConfig::load(&reader).unwrap();
+    let ctx = cfg.context(None).unwrap();
+    assert_eq!(ctx.endpoints, [tcp]);
+    let c = Client::connect(ctx).await.unwrap();
+    assert_eq!(c.list_pods().await.unwrap().pods.len(), 2);
+    let e = c.exec_collect(start("web", &["true"]), None).await.unwrap_err();
+    assert_eq!(code(e), tonic::Code::PermissionDenied);
+}
+
+#[test]
+fn the_reader_config_sits_next_to_the_admins() {
+    use super::reader_config_path;
+    let p = |s: &str| reader_config_path(std::path::Path::new(s));
+    assert_eq!(
+        p("/var/lib/keelson/agentctl.yaml"),
+        std::path::Path::new("/var/lib/keelson/agentctl-reader.yaml")
+    );
+    assert_eq!(p("/etc/talosconfig"), std::path::Path::new("/etc/talosconfig-reader"));
+}
+
+#[tokio::test]
+async fn without_tcp_no_reader_config_is_written() {
+    let node = Node::start().await;
+    let path = node._dir.path().join("agentctl.yaml");
+    let reader =
+        write_agentctl_config(&node.pki, &path, "node", node.server.socket(), &[]).unwrap();
+    assert_eq!(reader, None);
+    assert!(!node._dir.path().join("agentctl-reader.yaml").exists());
 }
 
 #[tokio::test]

@@ -92,7 +92,13 @@ fn main() -> Result<()> {
     stopped
 }
 
-fn run(args: &Args, rt: &tokio::runtime::Runtime, client: &Client, node: &mut Node, podman: &Podman) -> Result<()> {
+fn run(
+    args: &Args,
+    rt: &tokio::runtime::Runtime,
+    client: &Client,
+    node: &mut Node,
+    podman: &Podman,
+) -> Result<()> {
     let shim = args.shim.canonicalize().context("the shim binary")?;
     let conmon = Path::new("/usr/bin/conmon");
 
@@ -111,7 +117,8 @@ fn run(args: &Args, rt: &tokio::runtime::Runtime, client: &Client, node: &mut No
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for i in 0..args.pods {
         let name = format!("one{i:03}");
-        let mut ran_ours = || rt.block_on(node.run_pods(client, std::slice::from_ref(&name), args.poll_ms));
+        let mut ran_ours =
+            || rt.block_on(node.run_pods(client, std::slice::from_ref(&name), args.poll_ms));
         if i % 2 == 0 {
             ours.push(ran_ours()?);
             theirs.push(podman.run(&name)?);
@@ -160,10 +167,16 @@ fn run(args: &Args, rt: &tokio::runtime::Runtime, client: &Client, node: &mut No
     println!("BENCH agent_cpu_idle_0_pods {agent_cpu_empty:.2} %");
     println!("BENCH agent_pss_idle_{pods}_pods {:.1} MB", mib(agent_pss_full));
     println!("BENCH shim_pss_idle_mean {:.2} MB", mib(shims_pss) / shims.len() as f64);
-    println!("BENCH agent_and_shims_pss_idle_{pods}_pods {:.1} MB", mib(agent_pss_full + shims_pss));
+    println!(
+        "BENCH agent_and_shims_pss_idle_{pods}_pods {:.1} MB",
+        mib(agent_pss_full + shims_pss)
+    );
     println!("BENCH agent_and_shims_cpu_idle_{pods}_pods {ours_cpu:.2} %");
     if !conmons.is_empty() {
-        println!("BENCH podman_conmon_pss_idle_mean {:.2} MB", mib(conmons_pss) / conmons.len() as f64);
+        println!(
+            "BENCH podman_conmon_pss_idle_mean {:.2} MB",
+            mib(conmons_pss) / conmons.len() as f64
+        );
         println!("BENCH podman_conmons_pss_idle_{pods}_pods {:.1} MB", mib(conmons_pss));
         println!("BENCH podman_conmons_cpu_idle_{pods}_pods {theirs_cpu:.2} %");
     }
@@ -245,7 +258,10 @@ impl Node {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(st) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                bail!("the agent exited at start-up ({st}); see its log next to {}", self.socket.display());
+                bail!(
+                    "the agent exited at start-up ({st}); see its log next to {}",
+                    self.socket.display()
+                );
             }
             if self.socket.exists() {
                 if let Ok(c) = Client::connect_unix(&self.socket).await {
@@ -262,7 +278,12 @@ impl Node {
     /// Writes one manifest per name (each atomically: written aside, renamed in), then waits
     /// until all those pods run with every container ready; returns the time from the first
     /// rename to the last pod seen running.
-    async fn run_pods(&mut self, client: &Client, names: &[String], poll_ms: u64) -> Result<Duration> {
+    async fn run_pods(
+        &mut self,
+        client: &Client,
+        names: &[String],
+        poll_ms: u64,
+    ) -> Result<Duration> {
         let mut staged = Vec::with_capacity(names.len());
         for name in names {
             let file = format!("{name}.yaml");
@@ -280,7 +301,10 @@ impl Node {
         loop {
             let list = client.list_pods().await?;
             for p in &list.pods {
-                if p.phase == "Running" && p.total_containers > 0 && p.ready_containers == p.total_containers {
+                if p.phase == "Running"
+                    && p.total_containers > 0
+                    && p.ready_containers == p.total_containers
+                {
                     waiting.remove(&p.name);
                 }
             }
@@ -316,7 +340,10 @@ impl Node {
             match client.list_pods().await {
                 Ok(l) if l.pods.is_empty() => break,
                 Ok(l) if Instant::now() > deadline => {
-                    outcome = Err(anyhow::anyhow!("{} pods still up 120 s after their manifests went", l.pods.len()));
+                    outcome = Err(anyhow::anyhow!(
+                        "{} pods still up 120 s after their manifests went",
+                        l.pods.len()
+                    ));
                     break;
                 }
                 Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
@@ -384,6 +411,8 @@ struct Podman {
     dir: PathBuf,
     keeper: Child,
     mnt: OwnedFd,
+    /// `/var/lib/cni` did not exist before (our mount point over it): removed at the end.
+    made_cni_dir: bool,
 }
 
 impl Podman {
@@ -397,6 +426,7 @@ impl Podman {
             "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=4096:4096\"]\n\
              [engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
         )?;
+        let made_cni_dir = !Path::new("/var/lib/cni").exists();
         std::fs::create_dir_all("/var/lib/cni").context("create /var/lib/cni")?;
         let script = format!(
             "set -e\n\
@@ -415,13 +445,14 @@ impl Podman {
             .context("start podman's mount namespace")?;
         let mut ready = String::new();
         use std::io::BufRead;
-        std::io::BufReader::new(keeper.stdout.take().context("keeper stdout")?).read_line(&mut ready)?;
+        std::io::BufReader::new(keeper.stdout.take().context("keeper stdout")?)
+            .read_line(&mut ready)?;
         if ready.trim() != "ready" {
             let _ = keeper.kill();
             bail!("podman's mount namespace could not be prepared");
         }
         let mnt = std::fs::File::open(format!("/proc/{}/ns/mnt", keeper.id()))?.into();
-        Ok(Podman { dir: dir.to_owned(), keeper, mnt })
+        Ok(Podman { dir: dir.to_owned(), keeper, mnt, made_cni_dir })
     }
 
     fn command(&self) -> Command {
@@ -499,6 +530,9 @@ impl Drop for Podman {
         self.remove_all();
         let _ = self.keeper.kill();
         let _ = self.keeper.wait();
+        if self.made_cni_dir {
+            let _ = std::fs::remove_dir("/var/lib/cni");
+        }
     }
 }
 
@@ -506,7 +540,9 @@ impl Drop for Podman {
 fn pids_of(exe: &Path) -> Result<Vec<u32>> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc")?.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
         if std::fs::read_link(e.path().join("exe")).is_ok_and(|p| p == exe) {
             out.push(pid);
         }

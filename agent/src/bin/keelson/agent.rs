@@ -191,7 +191,7 @@ async fn serve_api(
         })
         .into_iter()
         .collect();
-    api::write_agentctl_config(
+    let reader = api::write_agentctl_config(
         &pki,
         &api.agentctl_config,
         &api.node_name,
@@ -200,10 +200,11 @@ async fn serve_api(
     )
     .context("write the agentctl configuration")?;
     eprintln!(
-        "keelson agent: node API on {}{}; agentctl config in {}",
+        "keelson agent: node API on {}{}; agentctl config in {}{}",
         api.socket.display(),
         server.tcp_addr().map(|a| format!(" and {a} (mutual TLS)")).unwrap_or_default(),
-        api.agentctl_config.display()
+        api.agentctl_config.display(),
+        reader.map(|r| format!(" (read-only: {})", r.display())).unwrap_or_default()
     );
     Ok(server)
 }
