@@ -10,6 +10,7 @@
 use std::fmt;
 
 pub mod bins;
+pub mod etcd;
 pub mod images;
 pub mod vm;
 

@@ -554,5 +554,9 @@ async fn unknown_lease_is_an_error(s: Arc<dyn Store>, p: Vec<u8>, _: Config) {
         before,
         "the failed put wrote nothing"
     );
-    assert!(matches!(s.lease_keep_alive(bogus).await, Err(Error::LeaseNotFound { .. })));
+    let ka = s.lease_keep_alive(bogus).await;
+    assert!(
+        matches!(ka, Err(Error::LeaseNotFound { .. })),
+        "keep-alive of an unknown lease: {ka:?}"
+    );
 }

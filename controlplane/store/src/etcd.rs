@@ -97,6 +97,12 @@ impl EtcdStore {
         requested: Revision,
         lease: LeaseId,
     ) -> crate::Error {
+        // etcd answers a keep-alive of an unknown lease with ttl 0, which the client reports so.
+        if let etcd_client::Error::LeaseKeepAliveError(msg) = &e {
+            if msg.contains("not found") {
+                return crate::Error::LeaseNotFound { id: lease };
+            }
+        }
         if let etcd_client::Error::GRpcStatus(status) = &e {
             let msg = status.message();
             if msg.contains("required revision has been compacted") {
