@@ -11,6 +11,7 @@ use std::fmt;
 
 pub mod bench;
 pub mod bins;
+pub mod etcd;
 pub mod images;
 pub mod vm;
 
