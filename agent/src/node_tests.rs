@@ -23,6 +23,7 @@ fn h() -> H {
         host_hosts: dir.path().join("hosts"),
         host_resolv: dir.path().join("resolv.conf"),
         mounter: Arc::new(FakeMounter::default()),
+        probe_net: Arc::new(crate::pod::probe::HostNet::default()),
     });
     H { rt, env, dir }
 }

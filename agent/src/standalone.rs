@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use crate::manifests::{Snapshot, Watcher};
 use crate::network::CniNetwork;
 use crate::node::{Agent, AgentConfig, StoreImages};
+use crate::pod::probe::HostNet;
 use crate::worker::{DisplayChain, SysMounter, WorkerEnv};
 
 /// Errors of starting a standalone node.
@@ -115,6 +116,7 @@ impl Standalone {
             host_hosts: opts.host_hosts.clone(),
             host_resolv: opts.host_resolv.clone(),
             mounter: Arc::new(SysMounter),
+            probe_net: Arc::new(HostNet { host_netns: opts.network.host_netns.clone() }),
         });
         let agent = Agent::new(
             env,

@@ -357,3 +357,38 @@ pub fn running_names(rt: &FakeRuntime) -> Vec<String> {
     v.sort();
     v
 }
+
+/// Network probes answered by a switch: they succeed while it is on.
+#[derive(Debug, Default)]
+pub struct FakeProbeNet(pub std::sync::atomic::AtomicBool);
+
+impl FakeProbeNet {
+    fn answer(&self, addr: std::net::SocketAddr) -> std::result::Result<(), String> {
+        if self.0.load(std::sync::atomic::Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(format!("dial tcp {addr}: connection refused"))
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::pod::probe::ProbeNet for FakeProbeNet {
+    async fn tcp(
+        &self,
+        addr: std::net::SocketAddr,
+        _: Duration,
+    ) -> std::result::Result<(), String> {
+        self.answer(addr)
+    }
+
+    async fn http_get(
+        &self,
+        addr: std::net::SocketAddr,
+        _: &str,
+        _: &[(String, String)],
+        _: Duration,
+    ) -> std::result::Result<u16, String> {
+        self.answer(addr).map(|()| 200)
+    }
+}

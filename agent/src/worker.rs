@@ -8,7 +8,12 @@
 //!
 //! State worth keeping lives in the runtime (labels on containers, the pod's identity on the
 //! sandbox), so a worker started over an existing sandbox (after an agent restart) simply
-//! continues: nothing is restarted. Only back-off timers are in memory.
+//! continues: nothing is restarted. Only back-off timers are in memory (as the kubelet's).
+//!
+//! A running container with probes has a [`Prober`] of its own; its findings make the
+//! container started and ready, and a failed startup or liveness probe makes the next pass
+//! kill it (`preStop` first, within the probe's or the pod's grace period), after which it is
+//! restarted under the pod's `restartPolicy` like any exited container.
 //!
 //! Stopping (manifest removed or replaced) runs `preStop` exec hooks, stops containers within
 //! `terminationGracePeriodSeconds`, removes the sandbox, releases root filesystems and removes
@@ -26,7 +31,7 @@ use keelson_runtime::api::{
     RuntimeEvent, SandboxState,
 };
 use keelson_runtime::config::{ContainerId, SandboxId, StopOptions};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, watch, Notify};
 use tokio::time::Instant;
 
 use crate::api::registry::ContainerRef;
@@ -34,6 +39,7 @@ use crate::pod::backoff::{self, Backoff};
 use crate::pod::convert::{
     self, ContainerPlan, PodPlan, PullPolicy, VolumeSource, LABEL_CONTAINER_NAME,
 };
+use crate::pod::probe::{ProbeNet, Prober, ProberEnv, Target};
 use crate::pod::status::{self, ContainerPhase, ContainerRecord, PodRecord, Termination};
 
 /// Label of containers: the image store's root filesystem key, released at removal.
@@ -84,6 +90,8 @@ pub struct WorkerEnv {
     pub host_resolv: PathBuf,
     /// Mounts tmpfs for `medium: Memory` emptyDirs.
     pub mounter: Arc<dyn Mounter>,
+    /// Where network probes connect from.
+    pub probe_net: Arc<dyn ProbeNet>,
 }
 
 impl std::fmt::Debug for WorkerEnv {
@@ -180,6 +188,10 @@ pub struct Worker {
     view: Arc<Mutex<PodView>>,
     start_time: SystemTime,
     failure: Option<(String, String)>,
+    /// Probers of running containers, by container name.
+    probers: HashMap<String, Prober>,
+    /// Probers ring it when their findings change.
+    wake: Arc<Notify>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -230,6 +242,8 @@ impl Worker {
             view: Arc::new(Mutex::new(view)),
             start_time: SystemTime::now(),
             failure: None,
+            probers: HashMap::new(),
+            wake: Arc::new(Notify::new()),
         }
     }
 
@@ -274,6 +288,7 @@ impl Worker {
                     return;
                 },
                 () = relevant_event(&mut events, sb.as_ref()) => {}
+                () = self.wake.notified() => {}
                 () = tokio::time::sleep_until(until) => {}
             }
         }
@@ -454,6 +469,9 @@ impl Worker {
         for old in insts.iter().skip(2) {
             self.remove_container(old).await;
         }
+        if cur.state != ContainerState::Running {
+            self.probers.remove(&c.name);
+        }
         match cur.state {
             ContainerState::Running => {
                 self.crash.entry(c.name.clone()).or_default().pending = None;
@@ -461,6 +479,27 @@ impl Worker {
                     container_id: cur.id.to_string(),
                     started_at: cur.started_at,
                 };
+                if !c.probes.any() {
+                    return Ok((rec, None));
+                }
+                let findings = self.prober(c, cur, ips).findings();
+                rec.probed =
+                    Some(status::Probed { started: findings.started, ready: findings.ready });
+                if let Some((why, grace)) = findings.kill {
+                    self.probers.remove(&c.name);
+                    let grace = grace.unwrap_or(self.plan.grace_period);
+                    tracing::warn!(container = %c.name, id = %cur.id, %why, "killing the container; it will be restarted");
+                    stop_container(
+                        &self.env.rt,
+                        cur,
+                        c.pre_stop.clone(),
+                        Instant::now() + grace,
+                        grace,
+                    )
+                    .await;
+                    // The next pass sees it exited and restarts it under the policy.
+                    return Ok((rec, Some(Instant::now())));
+                }
                 Ok((rec, None))
             }
             ContainerState::Created => {
@@ -525,6 +564,28 @@ impl Worker {
                 Ok((rec, w))
             }
         }
+    }
+
+    /// The prober of `cur` (started now if `c` had none, or one for an older instance).
+    fn prober(&mut self, c: &ContainerPlan, cur: &ContainerStatus, ips: &[IpAddr]) -> &Prober {
+        let stale = self.probers.get(&c.name).is_none_or(|p| *p.container() != cur.id);
+        if stale {
+            // Initial delays count from the container's start, also for an adopted one.
+            let ran = cur
+                .started_at
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
+                .unwrap_or_default();
+            let started = Instant::now().checked_sub(ran).unwrap_or_else(Instant::now);
+            let target = Target { container: cur.id.clone(), pod_ip: ips.first().copied() };
+            let env = ProberEnv {
+                rt: self.env.rt.clone(),
+                net: self.env.probe_net.clone(),
+                wake: self.wake.clone(),
+            };
+            let prober = Prober::start(c.probes.clone(), target, started, env);
+            self.probers.insert(c.name.clone(), prober);
+        }
+        &self.probers[&c.name]
     }
 
     /// Creates and starts a container; records the outcome in `rec`. Failures are reported
@@ -644,7 +705,8 @@ impl Worker {
     }
 
     /// Stops the pod: preStop hooks, containers within the grace period, sandbox, files.
-    pub async fn terminate(self) -> Result<(), Error> {
+    pub async fn terminate(mut self) -> Result<(), Error> {
+        self.probers.clear();
         if let Some((sb, _)) = &self.sandbox {
             stop_pod(&self.env.rt, sb, &self.plan, self.plan.grace_period).await;
             self.remove_sandbox(sb).await?;
@@ -675,27 +737,40 @@ pub async fn stop_pod(rt: &Arc<dyn Runtime>, sb: &SandboxId, plan: &PodPlan, gra
     };
     let stops = running.iter().map(|c| {
         let name = c.labels.get(LABEL_CONTAINER_NAME).cloned().unwrap_or_default();
-        let pre_stop = hook(&name);
-        async move {
-            if let Some(cmd) = pre_stop {
-                let run = async {
-                    let mut s = rt.exec(&c.id, ExecConfig { command: cmd, ..Default::default() }).await?;
-                    s.wait().await
-                };
-                match tokio::time::timeout_at(deadline, run).await {
-                    Ok(Ok(exit)) => tracing::debug!(container = %c.id, code = exit.code, "preStop hook ran"),
-                    Ok(Err(e)) => tracing::warn!(container = %c.id, error = %DisplayChain(&e), "preStop hook failed"),
-                    Err(_) => tracing::warn!(container = %c.id, "preStop hook ran out of the grace period"),
-                }
-            }
-            // At least 2 s after the hook, as the kubelet gives.
-            let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(2).min(grace));
-            if let Err(e) = rt.stop_container(&c.id, StopOptions { grace_period: left }).await {
-                tracing::warn!(container = %c.id, error = %DisplayChain(&e), "stop container");
-            }
-        }
+        stop_container(rt, c, hook(&name), deadline, grace)
     });
     futures::future::join_all(stops).await;
+}
+
+/// Stops one running container: its `preStop` hook, then SIGTERM and SIGKILL, all by
+/// `deadline` (the kubelet gives at least 2 s, within `grace`, after the hook).
+async fn stop_container(
+    rt: &Arc<dyn Runtime>,
+    c: &ContainerStatus,
+    pre_stop: Option<Vec<String>>,
+    deadline: Instant,
+    grace: Duration,
+) {
+    if let Some(cmd) = pre_stop {
+        let run = async {
+            let mut s = rt.exec(&c.id, ExecConfig { command: cmd, ..Default::default() }).await?;
+            s.wait().await
+        };
+        match tokio::time::timeout_at(deadline, run).await {
+            Ok(Ok(exit)) => {
+                tracing::debug!(container = %c.id, code = exit.code, "preStop hook ran")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(container = %c.id, error = %DisplayChain(&e), "preStop hook failed")
+            }
+            Err(_) => tracing::warn!(container = %c.id, "preStop hook ran out of the grace period"),
+        }
+    }
+    let left =
+        deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(2).min(grace));
+    if let Err(e) = rt.stop_container(&c.id, StopOptions { grace_period: left }).await {
+        tracing::warn!(container = %c.id, error = %DisplayChain(&e), "stop container");
+    }
 }
 
 fn container_ref(

@@ -2,12 +2,13 @@
 
 use super::*;
 use crate::pod::convert::{plan, NodeContext};
-use crate::testing::{running_names, FakeImages, FakeMounter, FakeRuntime};
+use crate::testing::{running_names, FakeImages, FakeMounter, FakeProbeNet, FakeRuntime};
 
 struct Harness {
     rt: FakeRuntime,
     images: Arc<FakeImages>,
     mounter: Arc<FakeMounter>,
+    net: Arc<FakeProbeNet>,
     env: Arc<WorkerEnv>,
     dir: tempfile::TempDir,
 }
@@ -16,6 +17,7 @@ fn harness() -> Harness {
     let rt = FakeRuntime::default();
     let images = Arc::new(FakeImages::default());
     let mounter = Arc::new(FakeMounter::default());
+    let net = Arc::new(FakeProbeNet::default());
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("hosts"), "127.0.0.1 localhost node\n").unwrap();
     std::fs::write(dir.path().join("resolv.conf"), "nameserver 192.0.2.53\n").unwrap();
@@ -26,8 +28,9 @@ fn harness() -> Harness {
         host_hosts: dir.path().join("hosts"),
         host_resolv: dir.path().join("resolv.conf"),
         mounter: mounter.clone(),
+        probe_net: net.clone(),
     });
-    Harness { rt, images, mounter, env, dir }
+    Harness { rt, images, mounter, net, env, dir }
 }
 
 impl Harness {
@@ -388,4 +391,61 @@ async fn env_gets_the_pod_ip_once_the_sandbox_has_one() {
         cfg.env,
         [("IP".into(), "10.42.0.1".into()), ("URL".into(), "http://10.42.0.1:80".into())]
     );
+}
+
+fn container_status(r: &Running, name: &str) -> k8s_openapi::api::core::v1::ContainerStatus {
+    r.status().container_statuses.unwrap().into_iter().find(|c| c.name == name).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn probes_make_a_container_ready_and_a_failed_liveness_probe_restarts_it() {
+    use std::sync::atomic::Ordering;
+    let h = harness();
+    let r = h.spawn(h.plan(
+        "{containers: [{name: a, image: b, \
+          livenessProbe: {tcpSocket: {port: 80}, initialDelaySeconds: 2, periodSeconds: 1, failureThreshold: 2}, \
+          readinessProbe: {httpGet: {port: 80}, periodSeconds: 1}}]}",
+    ));
+    settle().await;
+    let a = container_status(&r, "a");
+    assert!(a.state.unwrap().running.is_some());
+    assert!(!a.ready, "not ready before the readiness probe succeeded");
+    assert_eq!(r.phase(), "Running");
+    h.net.0.store(true, Ordering::SeqCst);
+    advance(Duration::from_secs(1)).await;
+    assert!(container_status(&r, "a").ready);
+
+    h.net.0.store(false, Ordering::SeqCst);
+    advance(Duration::from_secs(1)).await;
+    assert_eq!(h.rt.starts_of("a"), 1, "one liveness failure of two");
+    advance(Duration::from_secs(2)).await;
+    let a = container_status(&r, "a");
+    assert!(!a.ready);
+    assert!(a.state.unwrap().running.is_none(), "killed after the second failure");
+    // Restarted after the back-off, as any exited container.
+    h.net.0.store(true, Ordering::SeqCst);
+    advance(Duration::from_secs(11)).await;
+    assert_eq!(h.rt.starts_of("a"), 2);
+    let a = container_status(&r, "a");
+    assert_eq!(a.restart_count, 1);
+    assert!(a.state.unwrap().running.is_some());
+    r.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_container_is_not_started_until_its_startup_probe_succeeds() {
+    use std::sync::atomic::Ordering;
+    let h = harness();
+    let r = h.spawn(h.plan(
+        "{containers: [{name: a, image: b, startupProbe: {tcpSocket: {port: 80}, periodSeconds: 1, failureThreshold: 30}}]}",
+    ));
+    advance(Duration::from_secs(5)).await;
+    let a = container_status(&r, "a");
+    assert_eq!((a.started, a.ready), (Some(false), false));
+    h.net.0.store(true, Ordering::SeqCst);
+    advance(Duration::from_secs(1)).await;
+    let a = container_status(&r, "a");
+    assert_eq!((a.started, a.ready), (Some(true), true));
+    assert_eq!(h.rt.starts_of("a"), 1);
+    r.stop().await;
 }

@@ -256,8 +256,10 @@ where
     if let Some(ns) = ns {
         thread.enter(ns)?;
     }
+    // Timers too: work may bound itself with timeouts (the agent's network probes do).
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
+        .enable_time()
         .build()
         .map_err(Error::Runtime)?;
     Ok(rt.block_on(work(thread)))

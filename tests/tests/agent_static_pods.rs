@@ -308,6 +308,55 @@ fn a_busybox_httpd_static_pod_answers_on_its_pod_ip() {
 }
 
 #[test]
+fn probes_gate_readiness_and_a_failed_liveness_probe_restarts_the_container() {
+    require!(Tier::Privileged, need_root(), need_test_images());
+    block_on(async {
+        let mut e = env().await?;
+        e.start().await?;
+        e.write(
+            "probed.yaml",
+            &format!(
+                r#"apiVersion: v1
+kind: Pod
+metadata: {{name: probed}}
+spec:
+  terminationGracePeriodSeconds: 2
+  volumes: [{{name: alive, emptyDir: {{}}}}]
+  containers:
+  - name: web
+    image: {img}
+    command: [sh, -c, 'touch /alive/ok && mkdir -p /www && echo up > /www/index.html && sleep 1 && exec httpd -f -p 8080 -h /www']
+    ports: [{{name: http, containerPort: 8080}}]
+    volumeMounts: [{{name: alive, mountPath: /alive}}]
+    readinessProbe: {{httpGet: {{port: http, path: /index.html}}, periodSeconds: 1}}
+    livenessProbe: {{exec: {{command: [test, -f, /alive/ok]}}, periodSeconds: 1, failureThreshold: 2}}
+"#,
+                img = image()
+            ),
+        )?;
+        // Ready only once httpd answers the readiness probe (from the host namespace).
+        let p = e.wait_running("probed").await?;
+        let ip = pod_ip(&p)?;
+        let body = e.http_get(ip, 8080)?;
+        ensure!(body.contains("200 OK"), "ready but httpd does not answer: {body}");
+
+        // The liveness probe fails: the container is killed and started again.
+        std::fs::remove_file(e.empty_dir(&p, "alive").join("ok"))?;
+        let restarted = e
+            .wait("probed", "restarted after its liveness probe failed", |p| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .is_some_and(|cs| cs.iter().all(|c| c.restart_count == 1 && c.ready))
+            })
+            .await?;
+        ensure!(pod_ip(&restarted)? == ip, "the pod's IP changed");
+        Ok(())
+    })
+    .expect("test body failed");
+}
+
+#[test]
 fn a_host_network_pod_sees_the_hosts_interfaces() {
     require!(Tier::Privileged, need_root(), need_test_images());
     block_on(async {

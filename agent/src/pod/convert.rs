@@ -193,6 +193,8 @@ pub struct ContainerPlan {
     pub pull_policy: PullPolicy,
     /// The `preStop` exec command, if any.
     pub pre_stop: Option<Vec<String>>,
+    /// Startup, liveness and readiness probes.
+    pub probes: super::probe::Probes,
     /// `runAsNonRoot` (merged): checked against the image's user at creation.
     pub run_as_non_root: bool,
     /// A hash of the container's spec.
@@ -732,9 +734,6 @@ fn container(
     };
     for (f, set) in [
         ("envFrom", c.env_from.as_ref().is_some_and(|v| !v.is_empty())),
-        ("livenessProbe", c.liveness_probe.is_some()),
-        ("readinessProbe", c.readiness_probe.is_some()),
-        ("startupProbe", c.startup_probe.is_some()),
         ("lifecycle.postStart", c.lifecycle.as_ref().is_some_and(|l| l.post_start.is_some())),
         ("resizePolicy", c.resize_policy.as_ref().is_some_and(|v| !v.is_empty())),
         ("restartPolicy", c.restart_policy.is_some()),
@@ -752,6 +751,8 @@ fn container(
             ));
         }
     }
+    let probes = super::probe::Probes::from_container(c, init)
+        .map_err(|(sub, why)| field(format!("{path}.{sub}"), why))?;
     let pre_stop = match c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()) {
         None => None,
         Some(h) => match (&h.exec, &h.http_get, &h.tcp_socket, &h.sleep) {
@@ -808,6 +809,7 @@ fn container(
         image,
         pull_policy,
         pre_stop,
+        probes,
         run_as_non_root,
         hash,
         env,

@@ -471,9 +471,14 @@ fn pre_stop_exec_hooks_are_kept_and_other_hooks_refused() {
     );
     assert_eq!(e, "spec.containers[0].lifecycle.preStop: only exec hooks are supported");
     let e = err(
-        "spec: {containers: [{name: c, image: b, readinessProbe: {exec: {command: ['true']}}}]}",
+        "spec: {containers: [{name: c, image: b, lifecycle: {postStart: {exec: {command: ['true']}}}}]}",
     );
-    assert_eq!(e, "spec.containers[0].readinessProbe: not supported");
+    assert_eq!(e, "spec.containers[0].lifecycle.postStart: not supported");
+    let e = err("spec: {containers: [{name: c, image: b, readinessProbe: {grpc: {port: 9}}}]}");
+    assert_eq!(
+        e,
+        "spec.containers[0].readinessProbe.grpc: gRPC probes are not supported (exec, httpGet and tcpSocket are)"
+    );
 }
 
 #[test]

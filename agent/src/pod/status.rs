@@ -3,7 +3,8 @@
 //! `PodReadyToStartContainers`, `Initialized`, `ContainersReady`, `Ready`), container and init
 //! container statuses with their current and last states, restart counts, pod and host IPs.
 //!
-//! Without probes, a running container is ready. [`status`] is pure: the same record gives the
+//! A running container is started and ready unless its probes say otherwise
+//! ([`ContainerRecord::probed`]). [`status`] is pure: the same record gives the
 //! same status, so it can be computed whenever asked.
 
 use std::net::IpAddr;
@@ -126,6 +127,17 @@ pub struct ContainerRecord {
     pub last_termination: Option<Termination>,
     /// Restarts so far.
     pub restart_count: u32,
+    /// What its probes found, when it has probes and runs.
+    pub probed: Option<Probed>,
+}
+
+/// A running container's probe results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probed {
+    /// The startup probe succeeded (or there is none).
+    pub started: bool,
+    /// Started, and the readiness probe succeeds (or there is none).
+    pub ready: bool,
 }
 
 impl ContainerRecord {
@@ -138,6 +150,7 @@ impl ContainerRecord {
             phase: ContainerPhase::Waiting { reason: reason.to_owned(), message: None },
             last_termination: None,
             restart_count: 0,
+            probed: None,
         }
     }
 
@@ -147,6 +160,15 @@ impl ContainerRecord {
 
     fn running(&self) -> bool {
         matches!(self.phase, ContainerPhase::Running { .. })
+    }
+
+    fn started(&self) -> bool {
+        self.running() && self.probed.is_none_or(|p| p.started)
+    }
+
+    /// Running and, with probes, started and ready.
+    pub fn ready(&self) -> bool {
+        self.running() && self.probed.is_none_or(|p| p.ready)
     }
 }
 
@@ -220,7 +242,7 @@ fn terminated(t: &Termination) -> k8s::ContainerState {
 }
 
 /// One container's status; an init container is ready once it succeeded, an app container
-/// while it runs (no probes).
+/// while it runs and its probes allow.
 fn container_status(c: &ContainerRecord, init: bool) -> k8s::ContainerStatus {
     let id = match &c.phase {
         ContainerPhase::Running { container_id, .. } => Some(container_id.clone()),
@@ -234,8 +256,8 @@ fn container_status(c: &ContainerRecord, init: bool) -> k8s::ContainerStatus {
         container_id: id.map(|i| format!("{CONTAINER_ID_PREFIX}{i}")),
         state: Some(state(&c.phase)),
         last_state: Some(c.last_termination.as_ref().map(terminated).unwrap_or_default()),
-        ready: if init { c.succeeded() } else { c.running() },
-        started: Some(c.running()),
+        ready: if init { c.succeeded() } else { c.ready() },
+        started: Some(c.started()),
         restart_count: i32::try_from(c.restart_count).unwrap_or(i32::MAX),
         ..Default::default()
     }
@@ -317,7 +339,7 @@ pub fn status(r: &PodRecord) -> k8s::PodStatus {
     let phase = phase(r);
     let not_init: Vec<&ContainerRecord> =
         r.init_containers.iter().filter(|c| !c.succeeded()).collect();
-    let not_ready: Vec<&ContainerRecord> = r.containers.iter().filter(|c| !c.running()).collect();
+    let not_ready: Vec<&ContainerRecord> = r.containers.iter().filter(|c| !c.ready()).collect();
     let done = matches!(phase, "Succeeded" | "Failed");
     let initialized = not_init.is_empty() || (done && phase == "Succeeded");
     let ready = not_ready.is_empty() && !done;
@@ -550,5 +572,26 @@ mod tests {
         let s = status(&r);
         assert_eq!(s.phase.as_deref(), Some("Failed"));
         assert_eq!(s.reason.as_deref(), Some("VolumeFailed"));
+    }
+
+    #[test]
+    fn probes_decide_started_and_ready_of_a_running_container() {
+        let mut web = running("web");
+        web.probed = Some(Probed { started: false, ready: false });
+        let r = record(vec![], vec![web.clone(), running("side")]);
+        let st = status(&r);
+        assert_eq!(st.phase.as_deref(), Some("Running"));
+        let cs = &st.container_statuses.as_ref().unwrap()[0];
+        assert_eq!((cs.started, cs.ready), (Some(false), false));
+        let ready = st.conditions.as_ref().unwrap().iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!(ready.status, "False");
+        assert_eq!(ready.message.as_deref(), Some("containers with unready status: [web]"));
+
+        web.probed = Some(Probed { started: true, ready: true });
+        let st = status(&record(vec![], vec![web, running("side")]));
+        let cs = &st.container_statuses.as_ref().unwrap()[0];
+        assert_eq!((cs.started, cs.ready), (Some(true), true));
+        let ready = st.conditions.as_ref().unwrap().iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!(ready.status, "True");
     }
 }
