@@ -20,10 +20,10 @@
 pub mod discovery;
 pub mod fields;
 pub mod patch;
-// pub mod pki;
+pub mod pki;
 pub mod registry;
 pub mod schema;
-// pub mod server;
+pub mod server;
 
 /// The Kubernetes version whose API this server implements (k8s-openapi's `v1_33`).
 pub const KUBERNETES_VERSION: &str = "v1.33.0";

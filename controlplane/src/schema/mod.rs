@@ -29,8 +29,9 @@
 //! - `x-kubernetes-map-type: atomic` on whole structs (`LabelSelector`, `ObjectReference`, …) and
 //!   `x-kubernetes-list-type: atomic` are not recorded (atomic is the default for lists without
 //!   a strategy). Server-side apply will need the struct-level ones.
-//! - Documents list `components.schemas`/`definitions` only, no `paths` yet; kubectl explain
-//!   needs only the schemas, while kubectl's `fieldValidation` support probe will need paths.
+//! - v3 documents carry `paths` with the operations of every resource (what kubectl explain
+//!   and kubectl's `fieldValidation` probe read), but no list kinds (`DeploymentList`) and no
+//!   watch or proxy operations; `/openapi/v2` carries definitions only.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -299,9 +300,91 @@ impl Schemas {
         Some(json!({
             "openapi": "3.0.0",
             "info": { "title": "Kubernetes", "version": crate::KUBERNETES_VERSION },
-            "paths": {},
+            "paths": self.v3_operations(group, version),
             "components": { "schemas": schemas },
         }))
+    }
+
+    /// The `paths` of a group version's v3 document: per resource, the collection and object
+    /// paths (and subresource paths) with one operation per supported verb, each naming its
+    /// kind in `x-kubernetes-group-version-kind` (kubectl explain finds a resource's kind this
+    /// way) and, for writes, the `dryRun`, `fieldManager` and `fieldValidation` query parameters
+    /// (kubectl probes `fieldValidation` support there).
+    fn v3_operations(&self, group: &str, version: &str) -> Map<String, Value> {
+        let prefix = if group.is_empty() {
+            format!("/api/{version}")
+        } else {
+            format!("/apis/{group}/{version}")
+        };
+        let mut paths = Map::new();
+        for r in registry::resources_of(group, version) {
+            let scoped = if r.namespaced {
+                format!("{prefix}/namespaces/{{namespace}}/{}", r.plural)
+            } else {
+                format!("{prefix}/{}", r.plural)
+            };
+            let has = |verb: &str| r.verbs.contains(&verb);
+            let mut collection = Map::new();
+            if has("list") {
+                collection.insert("get".into(), operation("list", r.gvk, None, false));
+            }
+            if has("create") {
+                collection
+                    .insert("post".into(), operation("post", r.gvk, Some(r.definition), true));
+            }
+            if has("deletecollection") {
+                collection
+                    .insert("delete".into(), operation("deletecollection", r.gvk, None, false));
+            }
+            if !collection.is_empty() {
+                paths.insert(scoped.clone(), Value::Object(collection));
+            }
+            if r.namespaced && has("list") {
+                let all =
+                    Map::from_iter([("get".to_owned(), operation("list", r.gvk, None, false))]);
+                paths.insert(format!("{prefix}/{}", r.plural), Value::Object(all));
+            }
+            let mut object = Map::new();
+            for (verb, method, action, write) in [
+                ("get", "get", "get", false),
+                ("update", "put", "put", true),
+                ("patch", "patch", "patch", true),
+                ("delete", "delete", "delete", false),
+            ] {
+                if has(verb) {
+                    object
+                        .insert(method.into(), operation(action, r.gvk, Some(r.definition), write));
+                }
+            }
+            if !object.is_empty() {
+                paths.insert(format!("{scoped}/{{name}}"), Value::Object(object));
+            }
+            for sub in r.subresources {
+                let definition =
+                    self.kinds.iter().find(|(k, _)| *k == sub.kind).map(|(_, n)| n.as_str());
+                let mut ops = Map::new();
+                for (verb, method, write) in [
+                    ("get", "get", false),
+                    ("create", "post", true),
+                    ("update", "put", true),
+                    ("patch", "patch", true),
+                ] {
+                    if sub.verbs.contains(&verb) {
+                        ops.insert(
+                            method.into(),
+                            operation(
+                                if method == "post" { "post" } else { verb },
+                                sub.kind,
+                                definition,
+                                write,
+                            ),
+                        );
+                    }
+                }
+                paths.insert(format!("{scoped}/{{name}}/{}", sub.name), Value::Object(ops));
+            }
+        }
+        paths
     }
 
     /// Every definition reachable from `roots` through `$ref`s.
@@ -324,6 +407,29 @@ impl Default for Schemas {
     fn default() -> Self {
         Schemas::build()
     }
+}
+
+/// One OpenAPI v3 operation.
+fn operation(action: &str, gvk: Gvk, definition: Option<&str>, write: bool) -> Value {
+    let mut op = json!({
+        "x-kubernetes-action": action,
+        "x-kubernetes-group-version-kind": { "group": gvk.group, "version": gvk.version, "kind": gvk.kind },
+        "responses": { "401": { "description": "Unauthorized" } },
+    });
+    if let Some(def) = definition {
+        let schema = json!({ "$ref": format!("{V3_REF_PREFIX}{def}") });
+        op["responses"]["200"] = json!({ "description": "OK", "content": { "application/json": { "schema": schema.clone() } } });
+        if write {
+            op["requestBody"] =
+                json!({ "required": true, "content": { "*/*": { "schema": schema } } });
+        }
+    }
+    if write {
+        let query = |name: &str| json!({ "name": name, "in": "query", "schema": { "type": "string", "uniqueItems": true } });
+        op["parameters"] =
+            json!([query("dryRun"), query("fieldManager"), query("fieldValidation")]);
+    }
+    op
 }
 
 fn collect_refs(value: &Value, out: &mut Vec<String>) {
@@ -574,5 +680,19 @@ mod tests {
         let url = index["paths"]["apis/apps/v1"]["serverRelativeURL"].as_str().expect("url");
         assert!(url.starts_with("/openapi/v3/apis/apps/v1?hash="));
         assert!(index["paths"].get("api/v1").is_some());
+        let op = &apps["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
+        assert_eq!(op["x-kubernetes-group-version-kind"]["kind"], "Deployment");
+        assert!(op["parameters"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p["name"] == "fieldValidation")));
+        let scale =
+            &apps["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}/scale"]["get"];
+        assert_eq!(scale["x-kubernetes-group-version-kind"]["group"], "autoscaling");
+        let core = s.openapi_v3("", "v1").expect("core/v1");
+        assert!(
+            core["paths"]["/api/v1/nodes/{name}"]["get"].is_object(),
+            "cluster-scoped paths have no namespace"
+        );
+        assert!(core["paths"].get("/api/v1/namespaces/{namespace}/namespaces").is_none());
     }
 }
