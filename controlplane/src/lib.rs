@@ -10,6 +10,7 @@
 //!   Kubernetes extensions), serving `/openapi/v2` and `/openapi/v3`;
 //! - [`fields`]: unknown-field detection for `fieldValidation=Strict|Warn`;
 //! - [`patch`]: strategic merge patch driven by the schema's patch extensions;
+//! - [`apply`]: the structural merge of server-side apply (list types, map keys, atomic maps);
 //! - [`pki`]: the cluster CA, serving and admin certificates and the admin kubeconfig;
 //! - [`server`]: the HTTP router (axum) and the TLS listener with x509 client-certificate
 //!   authentication.
@@ -17,6 +18,7 @@
 //! Limits: no store and no object verbs yet (they come with `keelson-store` and the request
 //! pipeline); see each module's docs.
 
+pub mod apply;
 pub mod discovery;
 pub mod fields;
 pub mod patch;

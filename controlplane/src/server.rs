@@ -236,8 +236,17 @@ async fn version() -> Response {
         "buildDate": "",
         "goVersion": "",
         "compiler": "rustc",
-        "platform": format!("linux/{}", std::env::consts::ARCH),
+        "platform": format!("linux/{}", go_arch()),
     }))
+}
+
+/// The architecture as Go (and so Kubernetes) names it.
+fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
 }
 
 async fn health() -> Response {
