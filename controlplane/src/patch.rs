@@ -582,6 +582,14 @@ mod tests {
     }
 
     #[test]
+    fn set_element_order_orders_primitive_merge_lists() {
+        let original = json!({ "metadata": { "finalizers": ["a", "b"] } });
+        let patch = json!({ "metadata": { "$setElementOrder/finalizers": ["c", "b", "a"], "finalizers": ["c"] } });
+        let out = apply(POD, original, patch).expect("patch");
+        assert_eq!(out["metadata"]["finalizers"], json!(["c", "b", "a"]));
+    }
+
+    #[test]
     fn retain_keys_clears_the_keys_it_does_not_list() {
         // The design note's example: switching a Deployment from RollingUpdate to Recreate
         // must drop rollingUpdate.

@@ -18,6 +18,7 @@
 //! (JSON; a client that accepts only protobuf gets 406, to which client-go reacts by trying
 //! its legacy path) and `/openapi/v3` with per-group-version documents.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -143,6 +144,8 @@ pub struct ApiState {
     schemas: Schemas,
     openapi_v2: String,
     openapi_v3_index: String,
+    /// Per-group-version v3 documents by index path (`apis/apps/v1`).
+    openapi_v3: BTreeMap<String, String>,
     server_address: String,
 }
 
@@ -153,7 +156,11 @@ impl ApiState {
         let schemas = Schemas::build();
         let openapi_v2 = schemas.openapi_v2().to_string();
         let openapi_v3_index = schemas.openapi_v3_index().to_string();
-        ApiState { schemas, openapi_v2, openapi_v3_index, server_address }
+        let openapi_v3 = Schemas::v3_paths()
+            .into_iter()
+            .filter_map(|(path, g, v)| schemas.openapi_v3(g, v).map(|doc| (path, doc.to_string())))
+            .collect();
+        ApiState { schemas, openapi_v2, openapi_v3_index, openapi_v3, server_address }
     }
 
     /// The schema source.
@@ -312,14 +319,8 @@ async fn openapi_v3(state: State, UrlPath(path): UrlPath<String>, headers: Heade
     if !accepts_json(accept(&headers)) {
         return ApiError::NotAcceptable("application/json".to_owned()).into_response();
     }
-    let gv: Vec<&str> = path.split('/').collect();
-    let doc = match gv.as_slice() {
-        ["api", v] => state.schemas.openapi_v3("", v),
-        ["apis", g, v] => state.schemas.openapi_v3(g, v),
-        _ => None,
-    };
-    match doc {
-        Some(doc) => json_response("application/json", doc.to_string()),
+    match state.openapi_v3.get(&path) {
+        Some(doc) => json_response("application/json", doc.clone()),
         None => ApiError::NotFound(format!("/openapi/v3/{path}")).into_response(),
     }
 }
