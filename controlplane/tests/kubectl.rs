@@ -114,6 +114,25 @@ async fn kubectl_discovers_explains_and_versions_against_the_server() -> Result<
         "explain ports:\n{out}"
     );
 
+    // kubectl's probe of server-side field validation reads the v3 paths: `create` goes to
+    // the server with fieldValidation=Strict instead of downloading /openapi/v2 for client-side
+    // validation. (Creating objects is the pipeline's job: today the answer is a NotFound.)
+    let manifest = dir.path().join("deployment.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: web, image: nginx}]}\n",
+    )?;
+    let manifest = manifest.to_string_lossy().into_owned();
+    let out = kubectl(&kubeconfig, &home, &["create", "-f", &manifest, "-v=6"]).await?;
+    let log = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        log.contains(
+            "/namespaces/default/deployments?fieldManager=kubectl-create&fieldValidation=Strict"
+        ),
+        "create:\n{log}"
+    );
+    ensure!(!log.contains("/openapi/v2"), "kubectl fell back to client-side validation:\n{log}");
+
     // version reports the server's version.
     let out = kubectl_ok(&kubeconfig, &home, &["version"]).await?;
     ensure!(out.contains("Server Version: v1.33.0"), "version:\n{out}");

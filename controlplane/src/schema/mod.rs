@@ -19,9 +19,12 @@
 //!   merge key, `list::set`, `map::atomic`). Those impls are closures, unreadable at run time,
 //!   so `dev/gen-list-strategies.py` reads the crate's source once into [`generated`]; the
 //!   table is regenerated when `k8s-openapi` is bumped;
-//! - a short table of our own ([`OVERRIDES`]) for what `DeepMerge` cannot express:
-//!   `retainKeys`, patch-merge on primitive sets, and list-map keys that are wider than the
-//!   patch merge key (`containerPort`+`protocol`).
+//! - a short table of our own ([`OVERRIDES`], [`LIST_MAP_KEYS`]) for what `DeepMerge` cannot
+//!   express: `retainKeys`, patch-merge on primitive sets, the few list maps that have no patch
+//!   strategy (a `list::map` in `DeepMerge` is either), and list-map keys wider than the patch
+//!   merge key (`containerPort`+`protocol`). These come from the Go struct tags of
+//!   `k8s.io/api` 1.33 as we know them; a cross-check against upstream's published OpenAPI is
+//!   still to do.
 //!
 //! Upstream's `swagger.json` is not vendored: everything comes from the crate we already build.
 //!
@@ -82,7 +85,24 @@ pub static OVERRIDES: &[Override] = &[
         &[("x-kubernetes-patch-strategy", "merge")],
     ),
     ("io.k8s.api.core.v1.NodeSpec", "podCIDRs", &[("x-kubernetes-patch-strategy", "merge")]),
+    (
+        "io.k8s.api.core.v1.PodSpec",
+        "resourceClaims",
+        &[("x-kubernetes-patch-strategy", "merge,retainKeys")],
+    ),
+    (
+        "io.k8s.api.core.v1.PodStatus",
+        "resourceClaimStatuses",
+        &[("x-kubernetes-patch-strategy", "merge,retainKeys")],
+    ),
+    // list-type map without a patch strategy upstream: strategic merge patch replaces them
+    ("io.k8s.api.core.v1.ResourceRequirements", "claims", NO_PATCH_STRATEGY),
+    ("io.k8s.api.core.v1.ResourceStatus", "resources", NO_PATCH_STRATEGY),
 ];
+
+/// An override value that removes the patch extensions (an empty value removes the key).
+const NO_PATCH_STRATEGY: &[(&str, &str)] =
+    &[("x-kubernetes-patch-strategy", ""), ("x-kubernetes-patch-merge-key", "")];
 
 /// List-map keys wider than the patch merge key: (definition, property, keys).
 pub static LIST_MAP_KEYS: &[(&str, &str, &[&str])] = &[
@@ -506,7 +526,11 @@ fn apply_strategies(defs: &mut BTreeMap<String, Value>) {
     for (def, prop, extensions) in OVERRIDES {
         if let Some(p) = property_mut(defs, def, prop) {
             for (k, v) in *extensions {
-                p.insert((*k).to_owned(), (*v).into());
+                if v.is_empty() {
+                    p.remove(*k);
+                } else {
+                    p.insert((*k).to_owned(), (*v).into());
+                }
             }
         }
     }
@@ -590,6 +614,13 @@ mod tests {
         let finalizers = prop(&s, "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "finalizers");
         assert_eq!(finalizers["x-kubernetes-list-type"], "set");
         assert!(PatchMeta::of(finalizers).merge);
+        let claims = prop(&s, "io.k8s.api.core.v1.ResourceRequirements", "claims");
+        assert_eq!(
+            PatchMeta::of(claims),
+            PatchMeta::default(),
+            "a list map without patch strategy"
+        );
+        assert_eq!(claims["x-kubernetes-list-map-keys"], json!(["name"]));
         let tolerations = prop(&s, "io.k8s.api.core.v1.PodSpec", "tolerations");
         assert_eq!(PatchMeta::of(tolerations), PatchMeta::default(), "tolerations are replaced");
         assert_eq!(
