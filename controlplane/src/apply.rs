@@ -241,6 +241,19 @@ mod tests {
     }
 
     #[test]
+    fn atomic_structs_are_replaced_whole() {
+        let s = schemas();
+        let schema = s.for_kind(&Gvk { group: "apps", version: "v1", kind: "Deployment" });
+        let live = json!({ "spec": { "selector": { "matchLabels": { "app": "a", "tier": "b" } }, "replicas": 1 } });
+        let applied = json!({ "spec": { "selector": { "matchLabels": { "app": "c" } } } });
+        let out = merge_applied(s, schema, live, applied).expect("apply");
+        assert_eq!(
+            out["spec"],
+            json!({ "selector": { "matchLabels": { "app": "c" } }, "replicas": 1 })
+        );
+    }
+
+    #[test]
     fn bad_list_items_are_refused() {
         let dup = json!({ "spec": { "containers": [{ "name": "a" }, { "name": "a" }] } });
         let err = Error::Duplicate { path: "spec.containers".into(), key: "[\"a\"]".into() };

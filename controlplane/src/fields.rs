@@ -90,6 +90,14 @@ fn walk(
     }
 }
 
+/// The message upstream's strict decoder gives for `paths` (non-empty):
+/// `strict decoding error: unknown field "spec.replicasx", unknown field "x"`. Under `Warn` each
+/// `unknown field "…"` is one `Warning` header instead.
+pub fn strict_error(paths: &[String]) -> String {
+    let fields: Vec<String> = paths.iter().map(|p| format!("unknown field {p:?}")).collect();
+    format!("strict decoding error: {}", fields.join(", "))
+}
+
 /// Removes the fields at `paths` (as returned by [`unknown_fields`]) from `value`, as upstream
 /// drops unknown fields under `Ignore` and `Warn`.
 pub fn prune(value: &mut Value, paths: &[String]) {
@@ -198,6 +206,14 @@ mod tests {
             json!({ "kind": "Deployment", "spec": { "replicas": 1, "template": { "spec": { "containers": [{ "name": "a" }] } } } })
         );
         assert!(unknown_fields(&s, deployment_schema(&s), &obj).is_empty());
+    }
+
+    #[test]
+    fn strict_errors_read_like_upstream() {
+        assert_eq!(
+            strict_error(&["spec.replicasx".into(), "extra".into()]),
+            r#"strict decoding error: unknown field "spec.replicasx", unknown field "extra""#
+        );
     }
 
     #[test]

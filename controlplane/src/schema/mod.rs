@@ -29,9 +29,8 @@
 //! Upstream's `swagger.json` is not vendored: everything comes from the crate we already build.
 //!
 //! # Limits
-//! - `x-kubernetes-map-type: atomic` on whole structs (`LabelSelector`, `ObjectReference`, …) and
-//!   `x-kubernetes-list-type: atomic` are not recorded (atomic is the default for lists without
-//!   a strategy). Server-side apply will need the struct-level ones.
+//! - `x-kubernetes-list-type: atomic` is not recorded (atomic is the default for lists without
+//!   a strategy); struct-level `x-kubernetes-map-type: atomic` comes from [`ATOMIC_STRUCTS`].
 //! - v3 documents carry `paths` with the operations of every resource (what kubectl explain
 //!   and kubectl's `fieldValidation` probe read), but no list kinds (`DeploymentList`) and no
 //!   watch or proxy operations; `/openapi/v2` carries definitions only.
@@ -98,6 +97,21 @@ pub static OVERRIDES: &[Override] = &[
     // list-type map without a patch strategy upstream: strategic merge patch replaces them
     ("io.k8s.api.core.v1.ResourceRequirements", "claims", NO_PATCH_STRATEGY),
     ("io.k8s.api.core.v1.ResourceStatus", "resources", NO_PATCH_STRATEGY),
+];
+
+/// Definitions marked `+structType=atomic` upstream (`x-kubernetes-map-type: atomic` on the
+/// definition): server-side apply replaces them whole.
+pub static ATOMIC_STRUCTS: &[&str] = &[
+    "io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelector",
+    "io.k8s.api.core.v1.ObjectReference",
+    "io.k8s.api.core.v1.LocalObjectReference",
+    "io.k8s.api.core.v1.TypedLocalObjectReference",
+    "io.k8s.api.core.v1.NodeSelector",
+    "io.k8s.api.core.v1.NodeSelectorTerm",
+    "io.k8s.api.core.v1.ConfigMapKeySelector",
+    "io.k8s.api.core.v1.SecretKeySelector",
+    "io.k8s.api.core.v1.ObjectFieldSelector",
+    "io.k8s.api.core.v1.ResourceFieldSelector",
 ];
 
 /// An override value that removes the patch extensions (an empty value removes the key).
@@ -534,6 +548,11 @@ fn apply_strategies(defs: &mut BTreeMap<String, Value>) {
             }
         }
     }
+    for def in ATOMIC_STRUCTS {
+        if let Some(Value::Object(d)) = defs.get_mut(*def) {
+            d.insert("x-kubernetes-map-type".to_owned(), "atomic".into());
+        }
+    }
     for (def, prop, keys) in LIST_MAP_KEYS {
         if let Some(p) = property_mut(defs, def, prop) {
             p.insert("x-kubernetes-list-map-keys".to_owned(), json!(keys));
@@ -643,6 +662,9 @@ mod tests {
         }
         for (def, p, _) in LIST_MAP_KEYS {
             prop(&s, def, p);
+        }
+        for def in ATOMIC_STRUCTS {
+            assert!(s.definition(def).is_some(), "{def}");
         }
     }
 
