@@ -267,7 +267,6 @@ impl<'a> Patcher<'a> {
         patch: Vec<Value>,
         path: &mut String,
     ) -> Result<Vec<Value>> {
-        let objects = list_kind(&original, &patch, path)?;
         if !meta.merge {
             // Replaced; directives inside the new items still apply.
             return patch
@@ -283,6 +282,7 @@ impl<'a> Patcher<'a> {
         if original.is_empty() && patch.is_empty() {
             return Ok(original);
         }
+        let objects = list_kind(&original, &patch, path)?;
         if objects != Some(true) {
             let mut merged = original.clone();
             for v in &patch {
@@ -657,6 +657,18 @@ mod tests {
             apply(POD, original, json!({ "spec": { "containers": [{ "name": "a" }, "b"] } })),
             Err(Error::MixedList { path: "spec.containers".into() })
         );
+    }
+
+    #[test]
+    fn replaced_lists_may_mix_kinds_as_free_form_json_does() {
+        let out = strategic_merge(
+            schemas(),
+            None,
+            json!({ "l": [1] }),
+            json!({ "l": [1, "a", { "b": 2 }] }),
+        )
+        .expect("patch");
+        assert_eq!(out, json!({ "l": [1, "a", { "b": 2 }] }));
     }
 
     #[test]
