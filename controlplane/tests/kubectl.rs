@@ -70,8 +70,17 @@ async fn kubectl_discovers_explains_and_versions_against_the_server() -> Result<
         let _ = stopped.await;
     }));
 
-    // api-resources: every registered resource, with upstream's columns.
-    let out = kubectl_ok(&kubeconfig, &home, &["api-resources"]).await?;
+    // api-resources: every registered resource, with upstream's columns, from aggregated
+    // discovery alone (two requests, /api and /apis; no per-group-version fetches).
+    let run = kubectl(&kubeconfig, &home, &["api-resources", "-v=6"]).await?;
+    ensure!(run.status.success(), "api-resources: {}", String::from_utf8_lossy(&run.stderr));
+    let log = String::from_utf8_lossy(&run.stderr);
+    let gets = log.lines().filter(|l| l.contains("verb=\"GET\"")).count();
+    ensure!(
+        gets == 2 && !log.contains("/api/v1?") && !log.contains("/apis/apps/v1?"),
+        "discovery requests:\n{log}"
+    );
+    let out = String::from_utf8(run.stdout)?;
     let lines: Vec<Vec<&str>> =
         out.lines().skip(1).map(|l| l.split_whitespace().collect()).collect();
     for r in RESOURCES {
