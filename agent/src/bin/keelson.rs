@@ -3,13 +3,16 @@
 //!
 //! Today it has `run` (one container in its own pod sandbox, see [`keelson_agent::run`]),
 //! `agent` (a standalone node running static pods, see [`keelson_agent::standalone`]) and
-//! `cni` (the CNI plugin, see [`keelson_cni::plugin`]); the cluster subcommands
-//! (`controlplane`, `up`, `init`, `image`) come with later issues.
+//! `cni` (the CNI plugin, see [`keelson_cni::plugin`]) and `controlplane` (the API server, see
+//! [`keelson_controlplane::server`]); the other cluster subcommands (`up`, `init`, `image`) come
+//! with later issues.
 
 #[path = "keelson/agent.rs"]
 mod agent;
 #[path = "keelson/cni.rs"]
 mod cni;
+#[path = "keelson/controlplane.rs"]
+mod controlplane;
 #[path = "keelson/run.rs"]
 mod run;
 
@@ -32,6 +35,8 @@ enum Command {
     /// The CNI plugin (spec 1.0 and 1.1): reads CNI_COMMAND and the CNI_* environment, the
     /// network configuration on stdin, and writes the result on stdout.
     Cni,
+    /// The Kubernetes API server.
+    Controlplane(controlplane::ControlplaneArgs),
 }
 
 fn main() {
@@ -57,6 +62,7 @@ fn main() {
         Command::Run(args) => run::main(args),
         Command::Agent(args) => agent::main(*args),
         Command::Cni => cni::main(),
+        Command::Controlplane(args) => controlplane::main(args),
     };
     std::process::exit(code);
 }

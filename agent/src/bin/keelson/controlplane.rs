@@ -1,0 +1,62 @@
+//! `keelson controlplane --data-dir DIR [--listen ADDR:PORT] [--advertise-address IP]`: the
+//! Kubernetes API server (see [`keelson_controlplane::server`]). Writes `DIR/admin.kubeconfig`
+//! and keeps its CA and credentials in `DIR/pki`, so a restart on the same DIR keeps them.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use keelson_controlplane::server::{bind, Config};
+
+/// Arguments of `keelson controlplane`.
+#[derive(Debug, clap::Args)]
+pub struct ControlplaneArgs {
+    /// Where the control plane keeps its credentials (and, later, its store).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// The address to serve on (TLS).
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    listen: SocketAddr,
+    /// The address clients and nodes should use, when not the listen address.
+    #[arg(long)]
+    advertise_address: Option<IpAddr>,
+}
+
+/// Runs the API server until SIGINT or SIGTERM; returns the exit code.
+pub fn main(args: ControlplaneArgs) -> i32 {
+    match run(args) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("keelson controlplane: {e:#}");
+            1
+        }
+    }
+}
+
+fn run(args: ControlplaneArgs) -> Result<()> {
+    let config =
+        Config { data_dir: args.data_dir, listen: args.listen, advertise: args.advertise_address };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the runtime")?;
+    rt.block_on(async {
+        let listener = bind(&config).await?;
+        let addr = listener.local_addr().context("listen address")?;
+        eprintln!(
+            "keelson controlplane: serving on https://{addr}, admin kubeconfig {}",
+            listener.kubeconfig().display()
+        );
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("SIGTERM handler")?;
+        listener
+            .serve(async move {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            })
+            .await;
+        Ok(())
+    })
+}

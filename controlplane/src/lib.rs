@@ -1,0 +1,31 @@
+//! Keelson's control plane: the Kubernetes API server.
+//!
+//! This crate holds the API server's library; the `keelson controlplane` subcommand of the
+//! multi-call binary is a thin front over [`server`]. Today it has the foundations the request
+//! pipeline builds on:
+//!
+//! - [`registry`]: every served resource as upstream discovery describes it;
+//! - [`discovery`]: `/api`, `/apis`, per-group-version lists and aggregated discovery;
+//! - [`schema`]: the one schema source (k8s-openapi's generated JSON schemas plus the
+//!   Kubernetes extensions), serving `/openapi/v2` and `/openapi/v3`;
+//! - [`fields`]: unknown-field detection for `fieldValidation=Strict|Warn`;
+//! - [`patch`]: strategic merge patch driven by the schema's patch extensions;
+//! - [`apply`]: the structural merge of server-side apply (list types, map keys, atomic maps);
+//! - [`pki`]: the cluster CA, serving and admin certificates and the admin kubeconfig;
+//! - [`server`]: the HTTP router (axum) and the TLS listener with x509 client-certificate
+//!   authentication.
+//!
+//! Limits: no store and no object verbs yet (they come with `keelson-store` and the request
+//! pipeline); see each module's docs.
+
+pub mod apply;
+pub mod discovery;
+pub mod fields;
+pub mod patch;
+pub mod pki;
+pub mod registry;
+pub mod schema;
+pub mod server;
+
+/// The Kubernetes version whose API this server implements (k8s-openapi's `v1_33`).
+pub const KUBERNETES_VERSION: &str = "v1.33.0";

@@ -1,0 +1,569 @@
+//! The API server's HTTP side: [`router`] (axum 0.8) over shared [`ApiState`], and [`bind`] +
+//! [`Listener::serve`], a TLS listener (rustls on ring, hyper-util's HTTP/1.1 + HTTP/2
+//! connection builder) that authenticates x509 client certificates.
+//!
+//! Why axum over bare hyper: its `Router` gives the path table and extractors the pipeline
+//! needs, it is already built for tonic's router, and it is a `tower::Service`, so tests drive
+//! [`router`] with `oneshot` and no socket (STYLE.md). TLS is terminated by us with
+//! tokio-rustls because the handshake's client certificate is the identity, which each
+//! connection's router receives as an [`Authenticated`] extension.
+//!
+//! Authentication: the client certificate must chain to the cluster CA (rustls checks it in
+//! the handshake); a connection without one is accepted and every request on it is refused
+//! with a 401 `Status`, as upstream does with anonymous authentication off. Authorization is
+//! not done yet (every authenticated user may read discovery and OpenAPI).
+//!
+//! Served today: `/version`, `/healthz`, `/livez`, `/readyz`, discovery (`/api`, `/api/v1`,
+//! `/apis`, `/apis/<g>`, `/apis/<g>/<v>`, aggregated discovery by `Accept`), `/openapi/v2`
+//! (JSON; a client that accepts only protobuf gets 406, to which client-go reacts by trying
+//! its legacy path) and `/openapi/v3` with per-group-version documents.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::extract::{Extension, Path as UrlPath, Request};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::discovery::{self, Aggregated};
+use crate::pki::{self, Pki, UserInfo};
+use crate::schema::Schemas;
+
+/// Errors of starting the server.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The listen address could not be bound.
+    #[error("listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The PKI could not be loaded or created.
+    #[error("pki in {dir}")]
+    Pki {
+        /// The PKI directory.
+        dir: PathBuf,
+        /// The cause.
+        #[source]
+        source: pki::Error,
+    },
+    /// The admin kubeconfig could not be written.
+    #[error("write {path}")]
+    Kubeconfig {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: pki::Error,
+    },
+}
+
+/// `Result` of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How to run the server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where credentials (and later the store) live.
+    pub data_dir: PathBuf,
+    /// The listen address (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// The address clients should use, when not the listen address (for example when
+    /// listening on `0.0.0.0`).
+    pub advertise: Option<IpAddr>,
+}
+
+impl Config {
+    /// The address written into the kubeconfig and discovery: the advertise address, else the
+    /// listen address, else loopback when listening on all addresses.
+    pub fn client_address(&self, port: u16) -> SocketAddr {
+        let ip = self.advertise.unwrap_or(self.listen.ip());
+        let ip = if ip.is_unspecified() { IpAddr::from([127, 0, 0, 1]) } else { ip };
+        SocketAddr::new(ip, port)
+    }
+}
+
+/// Errors answered to clients, each a Kubernetes `Status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    /// No (valid) client certificate.
+    Unauthorized,
+    /// No such path or group version.
+    NotFound(String),
+    /// The client accepts no media type we produce.
+    NotAcceptable(String),
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str, String) {
+        match self {
+            ApiError::Unauthorized => {
+                (StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized".to_owned())
+            }
+            ApiError::NotFound(what) => (
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("the server could not find the requested resource ({what})"),
+            ),
+            ApiError::NotAcceptable(what) => (
+                StatusCode::NOT_ACCEPTABLE,
+                "NotAcceptable",
+                format!("only the following media types are accepted: {what}"),
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (code, reason, message) = self.parts();
+        let body = json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "message": message, "reason": reason, "code": code.as_u16(),
+        });
+        (code, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    }
+}
+
+/// What every handler reads: the schema source and the precomputed documents.
+#[derive(Debug)]
+pub struct ApiState {
+    schemas: Schemas,
+    openapi_v2: String,
+    openapi_v3_index: String,
+    /// Per-group-version v3 documents by index path (`apis/apps/v1`).
+    openapi_v3: BTreeMap<String, String>,
+    server_address: String,
+}
+
+impl ApiState {
+    /// Builds the schemas and documents; `server_address` (`host:port`) is what `/api` tells
+    /// clients to dial.
+    pub fn new(server_address: String) -> ApiState {
+        let schemas = Schemas::build();
+        let openapi_v2 = schemas.openapi_v2().to_string();
+        let openapi_v3_index = schemas.openapi_v3_index().to_string();
+        let openapi_v3 = Schemas::v3_paths()
+            .into_iter()
+            .filter_map(|(path, g, v)| schemas.openapi_v3(g, v).map(|doc| (path, doc.to_string())))
+            .collect();
+        ApiState { schemas, openapi_v2, openapi_v3_index, openapi_v3, server_address }
+    }
+
+    /// The schema source.
+    pub fn schemas(&self) -> &Schemas {
+        &self.schemas
+    }
+}
+
+/// The identity of a connection, set by the TLS listener (or by tests): `None` when the client
+/// presented no certificate.
+#[derive(Debug, Clone, Default)]
+pub struct Authenticated(pub Option<UserInfo>);
+
+/// The API router. Requests need an [`Authenticated`] extension with a user; without one they
+/// get 401.
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/version", get(version))
+        .route("/healthz", get(health))
+        .route("/livez", get(health))
+        .route("/readyz", get(health))
+        .route("/api", get(api))
+        .route("/api/{version}", get(core_resources))
+        .route("/apis", get(apis))
+        .route("/apis/{group}", get(group))
+        .route("/apis/{group}/{version}", get(group_resources))
+        .route("/openapi/v2", get(openapi_v2))
+        .route("/openapi/v3", get(openapi_v3_index))
+        .route("/openapi/v3/{*path}", get(openapi_v3))
+        .fallback(|| async { ApiError::NotFound("no such path".to_owned()) })
+        .layer(middleware::from_fn(authenticate))
+        .with_state(state)
+}
+
+async fn authenticate(
+    auth: Option<Extension<Authenticated>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match auth.and_then(|Extension(a)| a.0) {
+        Some(user) => {
+            tracing::debug!(user = %user.name, method = %request.method(), path = %request.uri().path(), "request");
+            next.run(request).await
+        }
+        None => ApiError::Unauthorized.into_response(),
+    }
+}
+
+type State = axum::extract::State<Arc<ApiState>>;
+
+fn json_response(content_type: &str, body: String) -> Response {
+    let mut response = body.into_response();
+    if let Ok(v) = HeaderValue::from_str(content_type) {
+        response.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    response
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Response {
+    match serde_json::to_string(value) {
+        Ok(body) => json_response("application/json", body),
+        Err(e) => {
+            tracing::error!(error = %e, "serialise a discovery document");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+fn accept(headers: &HeaderMap) -> &str {
+    headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+async fn version() -> Response {
+    to_json(&json!({
+        "major": "1",
+        "minor": "33",
+        "gitVersion": format!("{}+keelson", crate::KUBERNETES_VERSION),
+        "gitCommit": "",
+        "gitTreeState": "clean",
+        "buildDate": "",
+        "goVersion": "",
+        "compiler": "rustc",
+        "platform": format!("linux/{}", go_arch()),
+    }))
+}
+
+/// The architecture as Go (and so Kubernetes) names it.
+fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+async fn health() -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "ok").into_response()
+}
+
+async fn api(state: State, headers: HeaderMap) -> Response {
+    match Aggregated::negotiate(accept(&headers)) {
+        Some(v) => json_response(&v.content_type(), discovery::aggregated(v, true).to_string()),
+        None => to_json(&discovery::api_versions(&state.server_address)),
+    }
+}
+
+async fn apis(headers: HeaderMap) -> Response {
+    match Aggregated::negotiate(accept(&headers)) {
+        Some(v) => json_response(&v.content_type(), discovery::aggregated(v, false).to_string()),
+        None => to_json(&discovery::api_group_list()),
+    }
+}
+
+async fn core_resources(UrlPath(version): UrlPath<String>) -> Response {
+    match discovery::api_resource_list("", &version) {
+        Some(list) => to_json(&list),
+        None => ApiError::NotFound(format!("/api/{version}")).into_response(),
+    }
+}
+
+async fn group(UrlPath(group): UrlPath<String>) -> Response {
+    match discovery::group(&group) {
+        Some(g) => to_json(&g),
+        None => ApiError::NotFound(format!("/apis/{group}")).into_response(),
+    }
+}
+
+async fn group_resources(UrlPath((group, version)): UrlPath<(String, String)>) -> Response {
+    match discovery::api_resource_list(&group, &version) {
+        Some(list) => to_json(&list),
+        None => ApiError::NotFound(format!("/apis/{group}/{version}")).into_response(),
+    }
+}
+
+/// Whether an `Accept` header admits JSON (absent, `*/*`, `application/*` or `application/json`).
+fn accepts_json(accept: &str) -> bool {
+    accept.is_empty()
+        || accept.split(',').any(|range| {
+            let media = range.split(';').next().unwrap_or_default().trim();
+            matches!(media, "application/json" | "application/*" | "*/*")
+        })
+}
+
+async fn openapi_v2(state: State, headers: HeaderMap) -> Response {
+    if !accepts_json(accept(&headers)) {
+        return ApiError::NotAcceptable("application/json".to_owned()).into_response();
+    }
+    json_response("application/json", state.openapi_v2.clone())
+}
+
+async fn openapi_v3_index(state: State) -> Response {
+    json_response("application/json", state.openapi_v3_index.clone())
+}
+
+async fn openapi_v3(state: State, UrlPath(path): UrlPath<String>, headers: HeaderMap) -> Response {
+    if !accepts_json(accept(&headers)) {
+        return ApiError::NotAcceptable("application/json".to_owned()).into_response();
+    }
+    match state.openapi_v3.get(&path) {
+        Some(doc) => json_response("application/json", doc.clone()),
+        None => ApiError::NotFound(format!("/openapi/v3/{path}")).into_response(),
+    }
+}
+
+/// A bound, not yet serving, API server.
+pub struct Listener {
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    router: Router,
+    kubeconfig: PathBuf,
+}
+
+/// Loads or creates the PKI under `DIR/pki`, binds the listen address, and writes
+/// `DIR/admin.kubeconfig` pointing at the bound port.
+pub async fn bind(config: &Config) -> Result<Listener> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::Bind { addr: config.listen, source })?;
+    let port =
+        listener.local_addr().map_err(|source| Error::Bind { addr: config.listen, source })?.port();
+    let client = config.client_address(port);
+    let addresses: Vec<IpAddr> =
+        [Some(config.listen.ip()), config.advertise].into_iter().flatten().collect();
+    let pki_dir = config.data_dir.join("pki");
+    let pki_err = |source| Error::Pki { dir: pki_dir.clone(), source };
+    let pki =
+        Pki::load_or_create(&pki_dir, &pki::server_names(&addresses, pki::DEFAULT_SERVICE_IP))
+            .map_err(pki_err)?;
+    let tls = pki.server_config().map_err(pki_err)?;
+    let kubeconfig = config.data_dir.join("admin.kubeconfig");
+    write_kubeconfig(&pki, &kubeconfig, &format!("https://{client}"))?;
+    let state = Arc::new(ApiState::new(client.to_string()));
+    tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), kubeconfig = %kubeconfig.display(), "API server listening");
+    Ok(Listener { listener, acceptor: TlsAcceptor::from(tls), router: router(state), kubeconfig })
+}
+
+fn write_kubeconfig(pki: &Pki, path: &Path, server: &str) -> Result<()> {
+    let err = |source| Error::Kubeconfig { path: path.to_owned(), source };
+    let yaml = pki.admin_kubeconfig(server).map_err(err)?;
+    pki::write_file(path, &yaml, 0o600).map_err(err)
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener")
+            .field("listener", &self.listener)
+            .field("kubeconfig", &self.kubeconfig)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Listener {
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The admin kubeconfig written by [`bind`].
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// Accepts connections until `shutdown` completes. A failed handshake or connection is
+    /// logged and ends only that connection.
+    pub async fn serve(self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                () = &mut shutdown => return,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept");
+                        continue;
+                    }
+                },
+            };
+            let acceptor = self.acceptor.clone();
+            let router = self.router.clone();
+            tokio::spawn(async move {
+                let tls = match acceptor.accept(tcp).await {
+                    Ok(tls) => tls,
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "tls handshake");
+                        return;
+                    }
+                };
+                let user = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| pki::user_of(c));
+                let service =
+                    TowerToHyperService::new(router.layer(Extension(Authenticated(user))));
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                if let Err(e) =
+                    builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await
+                {
+                    tracing::debug!(%peer, error = %e, "connection");
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use serde_json::Value;
+    use std::sync::OnceLock;
+    use tower::ServiceExt;
+
+    fn parse(body: &[u8]) -> Option<Value> {
+        serde_json::from_slice(body).ok()
+    }
+
+    fn state() -> Arc<ApiState> {
+        static S: OnceLock<Arc<ApiState>> = OnceLock::new();
+        S.get_or_init(|| Arc::new(ApiState::new("127.0.0.1:6443".into()))).clone()
+    }
+
+    fn admin() -> Authenticated {
+        Authenticated(Some(UserInfo {
+            name: pki::ADMIN_USER.into(),
+            groups: vec![pki::ADMIN_GROUP.into()],
+        }))
+    }
+
+    async fn get(
+        path: &str,
+        accept: Option<&str>,
+        auth: Authenticated,
+    ) -> (StatusCode, String, Value) {
+        let mut req = Request::builder().uri(path);
+        if let Some(a) = accept {
+            req = req.header(header::ACCEPT, a);
+        }
+        let response = router(state())
+            .layer(Extension(auth))
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let ct = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            ct,
+            parse(&body).unwrap_or(Value::String(String::from_utf8_lossy(&body).into_owned())),
+        )
+    }
+
+    #[tokio::test]
+    async fn anonymous_requests_get_401_status() {
+        for path in ["/version", "/healthz", "/api", "/openapi/v3", "/nope"] {
+            let (status, _, body) = get(path, None, Authenticated(None)).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+            assert_eq!(
+                (&body["kind"], &body["reason"], &body["code"]),
+                (&json!("Status"), &json!("Unauthorized"), &json!(401))
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn discovery_answers_legacy_or_aggregated_by_accept() {
+        let (status, ct, body) = get("/apis", Some("application/json"), admin()).await;
+        assert_eq!(
+            (status, ct.as_str(), &body["kind"]),
+            (StatusCode::OK, "application/json", &json!("APIGroupList"))
+        );
+        let agg =
+            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json";
+        let (_, ct, body) = get("/apis", Some(agg), admin()).await;
+        assert_eq!(ct, "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList");
+        assert_eq!(body["kind"], "APIGroupDiscoveryList");
+        let (_, _, body) = get("/api", None, admin()).await;
+        assert_eq!(body["versions"], json!(["v1"]));
+        let (_, _, body) = get("/api/v1", None, admin()).await;
+        assert_eq!(body["groupVersion"], "v1");
+        let (_, _, body) = get("/apis/apps/v1", None, admin()).await;
+        assert_eq!(body["groupVersion"], "apps/v1");
+        let (_, _, body) = get("/apis/apps", None, admin()).await;
+        assert_eq!(body["preferredVersion"]["version"], "v1");
+        let (status, _, body) = get("/apis/apps/v2", None, admin()).await;
+        assert_eq!((status, &body["reason"]), (StatusCode::NOT_FOUND, &json!("NotFound")));
+    }
+
+    #[tokio::test]
+    async fn openapi_serves_json_and_refuses_protobuf_only_clients() {
+        let (status, _, body) = get("/openapi/v2", Some("application/json"), admin()).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body["definitions"]["io.k8s.api.apps.v1.Deployment"].is_object());
+        let (status, _, body) = get(
+            "/openapi/v2",
+            Some("application/com.github.proto-openapi.spec.v2@v1.0+protobuf"),
+            admin(),
+        )
+        .await;
+        assert_eq!((status, &body["code"]), (StatusCode::NOT_ACCEPTABLE, &json!(406)));
+        let (_, _, index) = get("/openapi/v3", None, admin()).await;
+        let url = index["paths"]["apis/apps/v1"]["serverRelativeURL"].as_str().unwrap().to_owned();
+        let (status, _, doc) = get(&url, Some("application/json"), admin()).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            doc["components"]["schemas"]["io.k8s.api.apps.v1.Deployment"]
+                ["x-kubernetes-group-version-kind"][0]["kind"],
+            "Deployment"
+        );
+        let (status, _, _) = get("/openapi/v3/apis/nope/v1", None, admin()).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn version_and_health_endpoints_answer() {
+        let (status, _, body) = get("/version", None, admin()).await;
+        assert_eq!(
+            (status, &body["major"], &body["minor"]),
+            (StatusCode::OK, &json!("1"), &json!("33"))
+        );
+        for path in ["/healthz", "/livez", "/readyz"] {
+            let (status, _, body) = get(path, None, admin()).await;
+            assert_eq!((status, body), (StatusCode::OK, json!("ok")), "{path}");
+        }
+    }
+
+    #[test]
+    fn the_client_address_replaces_unspecified_listen_addresses() {
+        let c = Config {
+            data_dir: "/x".into(),
+            listen: "0.0.0.0:6443".parse().unwrap(),
+            advertise: None,
+        };
+        assert_eq!(c.client_address(6443), "127.0.0.1:6443".parse().unwrap());
+        let c = Config { advertise: Some("192.0.2.1".parse().unwrap()), ..c };
+        assert_eq!(c.client_address(1), "192.0.2.1:1".parse().unwrap());
+    }
+}

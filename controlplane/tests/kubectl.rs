@@ -1,0 +1,165 @@
+//! The real `kubectl` (1.32 is preinstalled on our machines) against an API server this test
+//! starts on a free loopback port: discovery, `explain` through OpenAPI v3, `version`, and
+//! anonymous refusal. Needs no root and only loopback; skips with a printed reason when kubectl
+//! is missing (`KEELSON_TEST_STRICT=1` turns that into a failure).
+
+use std::path::Path;
+use std::process::Output;
+
+use anyhow::{ensure, Context, Result};
+use keelson_controlplane::registry::RESOURCES;
+use keelson_controlplane::server::{bind, Config};
+
+fn kubectl_available() -> bool {
+    std::process::Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+async fn kubectl(kubeconfig: &Path, home: &Path, args: &[&str]) -> Result<Output> {
+    let out = tokio::process::Command::new("kubectl")
+        .env("HOME", home)
+        .env_remove("KUBECONFIG")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--cache-dir")
+        .arg(home.join("cache"))
+        .args(args)
+        .output()
+        .await
+        .with_context(|| format!("run kubectl {args:?}"))?;
+    Ok(out)
+}
+
+async fn kubectl_ok(kubeconfig: &Path, home: &Path, args: &[&str]) -> Result<String> {
+    let out = kubectl(kubeconfig, home, args).await?;
+    ensure!(
+        out.status.success(),
+        "kubectl {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_discovers_explains_and_versions_against_the_server() -> Result<()> {
+    if !kubectl_available() {
+        assert!(
+            std::env::var("KEELSON_TEST_STRICT").as_deref() != Ok("1"),
+            "kubectl is required in strict mode"
+        );
+        eprintln!("SKIP kubectl_discovers_explains_and_versions_against_the_server: kubectl is not installed");
+        return Ok(());
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir()?;
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home)?;
+    let config = Config {
+        data_dir: dir.path().join("data"),
+        listen: "127.0.0.1:0".parse()?,
+        advertise: None,
+    };
+    let listener = bind(&config).await?;
+    let kubeconfig = listener.kubeconfig().to_owned();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(listener.serve(async {
+        let _ = stopped.await;
+    }));
+
+    // api-resources: every registered resource, with upstream's columns, from aggregated
+    // discovery alone (two requests, /api and /apis; no per-group-version fetches).
+    let run = kubectl(&kubeconfig, &home, &["api-resources", "-v=6"]).await?;
+    ensure!(run.status.success(), "api-resources: {}", String::from_utf8_lossy(&run.stderr));
+    let log = String::from_utf8_lossy(&run.stderr);
+    let gets = log.lines().filter(|l| l.contains("verb=\"GET\"")).count();
+    ensure!(
+        gets == 2 && !log.contains("/api/v1?") && !log.contains("/apis/apps/v1?"),
+        "discovery requests:\n{log}"
+    );
+    let out = String::from_utf8(run.stdout)?;
+    let lines: Vec<Vec<&str>> =
+        out.lines().skip(1).map(|l| l.split_whitespace().collect()).collect();
+    for r in RESOURCES {
+        let mut want = vec![r.plural.to_owned()];
+        if !r.short_names.is_empty() {
+            want.push(r.short_names.join(","));
+        }
+        want.push(r.gvk.api_version());
+        want.push(r.namespaced.to_string());
+        want.push(r.gvk.kind.to_owned());
+        ensure!(
+            lines.iter().any(|l| l.iter().map(|s| s.to_string()).collect::<Vec<_>>() == want),
+            "api-resources lacks {want:?}:\n{out}"
+        );
+    }
+    ensure!(
+        lines.len() == RESOURCES.len(),
+        "api-resources lists {} resources, we serve {}:\n{out}",
+        lines.len(),
+        RESOURCES.len()
+    );
+    let all = kubectl_ok(&kubeconfig, &home, &["api-resources", "--categories=all", "-o", "name"])
+        .await?;
+    ensure!(
+        all.lines().any(|l| l == "deployments.apps") && all.lines().any(|l| l == "pods"),
+        "category all:\n{all}"
+    );
+
+    // explain reads the OpenAPI v3 document of apps/v1.
+    let out = kubectl_ok(&kubeconfig, &home, &["explain", "deployment.spec.replicas"]).await?;
+    ensure!(
+        out.contains("KIND:       Deployment") || out.contains("KIND:     Deployment"),
+        "explain:\n{out}"
+    );
+    ensure!(out.contains("replicas") && out.contains("<integer>"), "explain:\n{out}");
+    ensure!(out.contains("Number of desired pods"), "explain shows the description:\n{out}");
+    let out = kubectl_ok(&kubeconfig, &home, &["explain", "pods.spec.containers.ports"]).await?;
+    ensure!(
+        out.contains("containerPort") && out.contains("<integer> -required-"),
+        "explain ports:\n{out}"
+    );
+
+    // kubectl's probe of server-side field validation reads the v3 paths: `create` goes to
+    // the server with fieldValidation=Strict instead of downloading /openapi/v2 for client-side
+    // validation. (Creating objects is the pipeline's job: today the answer is a NotFound.)
+    let manifest = dir.path().join("deployment.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: web, image: nginx}]}\n",
+    )?;
+    let manifest = manifest.to_string_lossy().into_owned();
+    let out = kubectl(&kubeconfig, &home, &["create", "-f", &manifest, "-v=6"]).await?;
+    let log = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        log.contains(
+            "/namespaces/default/deployments?fieldManager=kubectl-create&fieldValidation=Strict"
+        ),
+        "create:\n{log}"
+    );
+    ensure!(!log.contains("/openapi/v2"), "kubectl fell back to client-side validation:\n{log}");
+
+    // version reports the server's version.
+    let out = kubectl_ok(&kubeconfig, &home, &["version"]).await?;
+    ensure!(out.contains("Server Version: v1.33.0"), "version:\n{out}");
+
+    // A client without a certificate is refused with 401 (kubectl says Unauthorized).
+    let anonymous = dir.path().join("anonymous.kubeconfig");
+    let admin = std::fs::read_to_string(&kubeconfig)?;
+    let mut config: serde_json::Value = serde_yaml_ng::from_str(&admin)?;
+    // No certificate; a token we do not accept (with no credentials at all kubectl would prompt
+    // for a user name on stdin).
+    config["users"][0]["user"] = serde_json::json!({ "token": "not-a-known-token" });
+    std::fs::write(&anonymous, serde_yaml_ng::to_string(&config)?)?;
+    let out = kubectl(&anonymous, &home, &["get", "--raw", "/version"]).await?;
+    ensure!(!out.status.success(), "anonymous request succeeded");
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(err.contains("Unauthorized"), "anonymous error: {err}");
+
+    let _ = stop.send(());
+    server.await?;
+    Ok(())
+}

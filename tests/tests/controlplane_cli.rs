@@ -1,0 +1,122 @@
+//! `keelson controlplane` as a process: it serves kubectl over TLS on a free loopback port,
+//! writes `DIR/admin.kubeconfig`, and a restart on the same DIR keeps the CA and the admin's
+//! credentials (the old kubeconfig still works).
+//!
+//! Unit tier (no root, loopback only); skips with a printed reason when kubectl is missing,
+//! fails instead with `KEELSON_TEST_STRICT=1`. Run: `cargo test -p keelson-tests --test
+//! controlplane_cli` (builds the `keelson` binary on first use).
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+
+/// Kills the server on drop, also when the test fails.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(data: &Path, port: u16) -> Result<Server> {
+    let child = Command::new(keelson_tests::bins::keelson()?)
+        .arg("controlplane")
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("start keelson controlplane")?;
+    Ok(Server(child))
+}
+
+fn kubectl(kubeconfig: &Path, home: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new("kubectl")
+        .env("HOME", home)
+        .env_remove("KUBECONFIG")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--cache-dir")
+        .arg(home.join("cache"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("run kubectl")?;
+    ensure!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// Waits until the server answers `/readyz` through `kubeconfig`.
+fn wait_ready(server: &mut Server, kubeconfig: &Path, home: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(st) = server.0.try_wait()? {
+            bail!("keelson controlplane exited: {st}");
+        }
+        if kubeconfig.exists() {
+            if let Ok(out) = kubectl(kubeconfig, home, &["get", "--raw", "/readyz"]) {
+                ensure!(out == "ok", "readyz says {out:?}");
+                return Ok(());
+            }
+        }
+        ensure!(Instant::now() < deadline, "the server did not become ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+#[test]
+fn controlplane_serves_kubectl_and_keeps_its_credentials_across_a_restart() -> Result<()> {
+    let kubectl_missing = Command::new("kubectl")
+        .args(["version", "--client"])
+        .output()
+        .map_or(true, |o| !o.status.success());
+    if kubectl_missing {
+        assert!(!keelson_tests::strict(), "kubectl is required in strict mode");
+        eprintln!("SKIP controlplane_serves_kubectl_and_keeps_its_credentials_across_a_restart: kubectl is not installed");
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let (data, home) = (dir.path().join("data"), dir.path().join("home"));
+    std::fs::create_dir_all(&home)?;
+    let kubeconfig = data.join("admin.kubeconfig");
+    let port = free_port()?;
+
+    let mut server = start(&data, port)?;
+    wait_ready(&mut server, &kubeconfig, &home)?;
+    let version = kubectl(&kubeconfig, &home, &["version"])?;
+    ensure!(version.contains("Server Version: v1.33.0"), "version:\n{version}");
+    let resources =
+        kubectl(&kubeconfig, &home, &["api-resources", "--api-group=apps", "-o", "name"])?;
+    ensure!(resources.lines().any(|l| l == "deployments.apps"), "api-resources:\n{resources}");
+    let first_kubeconfig = std::fs::read_to_string(&kubeconfig)?;
+    let ca = std::fs::read_to_string(data.join("pki/ca.crt"))?;
+    drop(server);
+
+    // Same DIR, same port: same CA and credentials; the kubeconfig saved before still works.
+    let saved = dir.path().join("saved.kubeconfig");
+    std::fs::write(&saved, &first_kubeconfig)?;
+    let mut server = start(&data, port)?;
+    wait_ready(&mut server, &saved, &home)?;
+    ensure!(
+        std::fs::read_to_string(data.join("pki/ca.crt"))? == ca,
+        "the CA changed across a restart"
+    );
+    ensure!(
+        std::fs::read_to_string(&kubeconfig)? == first_kubeconfig,
+        "the admin kubeconfig changed across a restart"
+    );
+    let healthz = kubectl(&saved, &home, &["get", "--raw", "/healthz"])?;
+    ensure!(healthz == "ok", "healthz: {healthz:?}");
+    Ok(())
+}
