@@ -9,18 +9,21 @@
 //! - [`schema`]: the one schema source (k8s-openapi's generated JSON schemas plus the
 //!   Kubernetes extensions), serving `/openapi/v2` and `/openapi/v3`;
 //! - [`fields`]: unknown-field detection for `fieldValidation=Strict|Warn`;
+//! - [`objects`]: objects in the store (create, get, update, delete, paged lists) with
+//!   upstream's resourceVersion, precondition and finalizer semantics and Status errors;
 //! - [`patch`]: strategic merge patch driven by the schema's patch extensions;
 //! - [`apply`]: the structural merge of server-side apply (list types, map keys, atomic maps);
 //! - [`pki`]: the cluster CA, serving and admin certificates and the admin kubeconfig;
 //! - [`server`]: the HTTP router (axum) and the TLS listener with x509 client-certificate
 //!   authentication.
 //!
-//! Limits: no store and no object verbs yet (they come with `keelson-store` and the request
-//! pipeline); see each module's docs.
+//! Limits: the object verbs are not yet served over HTTP (the request pipeline comes next);
+//! see each module's docs.
 
 pub mod apply;
 pub mod discovery;
 pub mod fields;
+pub mod objects;
 pub mod patch;
 pub mod pki;
 pub mod registry;
