@@ -17,8 +17,10 @@
 //! - [`server`]: the HTTP router (axum) and the TLS listener with x509 client-certificate
 //!   authentication.
 //!
-//! Limits: the object verbs are not yet served over HTTP (the request pipeline comes next);
-//! see each module's docs.
+//! - [`rest`]: get, list, create, update and delete of every resource over HTTP.
+//!
+//! Limits: no patch, watch, subresources, admission, validation or RBAC yet; see each
+//! module's docs.
 
 pub mod apply;
 pub mod discovery;
@@ -27,6 +29,7 @@ pub mod objects;
 pub mod patch;
 pub mod pki;
 pub mod registry;
+pub mod rest;
 pub mod schema;
 pub mod server;
 

@@ -69,6 +69,15 @@ pub enum Error {
         #[source]
         source: pki::Error,
     },
+    /// The embedded store could not be opened.
+    #[error("open the store {path}")]
+    Store {
+        /// The store's file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: Box<keelson_store::embedded::Error>,
+    },
 }
 
 /// `Result` of this module.
@@ -147,6 +156,7 @@ pub struct ApiState {
     /// Per-group-version v3 documents by index path (`apis/apps/v1`).
     openapi_v3: BTreeMap<String, String>,
     server_address: String,
+    objects: Option<crate::objects::Objects>,
 }
 
 impl ApiState {
@@ -160,7 +170,25 @@ impl ApiState {
             .into_iter()
             .filter_map(|(path, g, v)| schemas.openapi_v3(g, v).map(|doc| (path, doc.to_string())))
             .collect();
-        ApiState { schemas, openapi_v2, openapi_v3_index, openapi_v3, server_address }
+        ApiState {
+            schemas,
+            openapi_v2,
+            openapi_v3_index,
+            openapi_v3,
+            server_address,
+            objects: None,
+        }
+    }
+
+    /// The same state serving objects from `objects`.
+    pub fn with_objects(mut self, objects: crate::objects::Objects) -> ApiState {
+        self.objects = Some(objects);
+        self
+    }
+
+    /// The objects, when this server has a store.
+    pub fn objects(&self) -> Option<&crate::objects::Objects> {
+        self.objects.as_ref()
     }
 
     /// The schema source.
@@ -190,6 +218,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/openapi/v2", get(openapi_v2))
         .route("/openapi/v3", get(openapi_v3_index))
         .route("/openapi/v3/{*path}", get(openapi_v3))
+        .merge(crate::rest::routes())
         .fallback(|| async { ApiError::NotFound("no such path".to_owned()) })
         .layer(middleware::from_fn(authenticate))
         .with_state(state)
@@ -352,7 +381,12 @@ pub async fn bind(config: &Config) -> Result<Listener> {
     let tls = pki.server_config().map_err(pki_err)?;
     let kubeconfig = config.data_dir.join("admin.kubeconfig");
     write_kubeconfig(&pki, &kubeconfig, &format!("https://{client}"))?;
-    let state = Arc::new(ApiState::new(client.to_string()));
+    let store_path = config.data_dir.join("store.redb");
+    let store = keelson_store::embedded::EmbeddedStore::open(&store_path, Default::default())
+        .await
+        .map_err(|source| Error::Store { path: store_path.clone(), source: Box::new(source) })?;
+    let objects = crate::objects::Objects::new(Arc::new(store));
+    let state = Arc::new(ApiState::new(client.to_string()).with_objects(objects));
     tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), kubeconfig = %kubeconfig.display(), "API server listening");
     Ok(Listener { listener, acceptor: TlsAcceptor::from(tls), router: router(state), kubeconfig })
 }

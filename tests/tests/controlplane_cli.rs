@@ -1,5 +1,5 @@
 //! `keelson controlplane` as a process: it serves kubectl over TLS on a free loopback port,
-//! writes `DIR/admin.kubeconfig`, and a restart on the same DIR keeps the CA and the admin's
+//! writes `DIR/admin.kubeconfig`, and a restart on the same DIR keeps the CA, the objects and the admin's
 //! credentials (the old kubeconfig still works).
 //!
 //! Unit tier (no root, loopback only); skips with a printed reason when kubectl is missing,
@@ -99,6 +99,9 @@ fn controlplane_serves_kubectl_and_keeps_its_credentials_across_a_restart() -> R
     let resources =
         kubectl(&kubeconfig, &home, &["api-resources", "--api-group=apps", "-o", "name"])?;
     ensure!(resources.lines().any(|l| l == "deployments.apps"), "api-resources:\n{resources}");
+    let cm = dir.path().join("cm.yaml");
+    std::fs::write(&cm, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: kept}\ndata: {k: v}\n")?;
+    kubectl(&kubeconfig, &home, &["create", "-f", &cm.to_string_lossy()])?;
     let first_kubeconfig = std::fs::read_to_string(&kubeconfig)?;
     let ca = std::fs::read_to_string(data.join("pki/ca.crt"))?;
     drop(server);
@@ -118,5 +121,8 @@ fn controlplane_serves_kubectl_and_keeps_its_credentials_across_a_restart() -> R
     );
     let healthz = kubectl(&saved, &home, &["get", "--raw", "/healthz"])?;
     ensure!(healthz == "ok", "healthz: {healthz:?}");
+    // Objects written before the restart are still there (the store is durable on commit).
+    let kept = kubectl(&saved, &home, &["get", "configmap", "kept", "-o", "jsonpath={.data.k}"])?;
+    ensure!(kept == "v", "the configmap after a restart: {kept:?}");
     Ok(())
 }
