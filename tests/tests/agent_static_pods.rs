@@ -580,18 +580,20 @@ fn an_agent_restart_keeps_containers_and_ip_and_a_removed_manifest_stops_the_pod
         ensure!(rt.list_sandboxes().await?.len() == 1, "a sandbox leaked");
 
         std::fs::remove_file(e.opts.manifests.join("web.yaml"))?;
+        // The worker removes the sandbox, then the pod's directory: wait for both.
+        let pod_dir = e.opts.state_dir.join("pods").join(before.metadata.uid.unwrap_or_default());
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !rt.list_sandboxes().await?.is_empty() {
-            ensure!(Instant::now() < deadline, "the pod was not stopped");
+        while !rt.list_sandboxes().await?.is_empty() || pod_dir.exists() {
+            ensure!(
+                Instant::now() < deadline,
+                "the pod was not stopped and cleaned up (sandboxes: {}, {} exists: {})",
+                rt.list_sandboxes().await?.len(),
+                pod_dir.display(),
+                pod_dir.exists()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         ensure!(e.pod("web").is_none());
-        ensure!(!e
-            .opts
-            .state_dir
-            .join("pods")
-            .join(before.metadata.uid.unwrap_or_default())
-            .exists());
         Ok(())
     })
     .expect("test body failed");
