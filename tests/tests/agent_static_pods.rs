@@ -474,11 +474,17 @@ spec:
                     .is_some_and(|c| c[0].restart_count >= 2)
             })
             .await?;
-        let starts: Vec<i64> = std::fs::read_to_string(e.empty_dir(&p, "work").join("starts"))?
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect();
-        ensure!(starts.len() >= 3, "starts: {starts:?}");
+        // The restart count moves when the third instance is created, before its command ran.
+        let file = e.empty_dir(&p, "work").join("starts");
+        let read = || -> Vec<i64> {
+            std::fs::read_to_string(&file)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect()
+        };
+        wait_for("the third start recorded", 10, || read().len() >= 3).await?;
+        let starts = read();
         let gaps: Vec<i64> = starts.windows(2).map(|w| w[1] - w[0]).collect();
         ensure!((9..=12).contains(&gaps[0]), "first back-off {}s, want 10s: {gaps:?}", gaps[0]);
         ensure!((19..=22).contains(&gaps[1]), "second back-off {}s, want 20s: {gaps:?}", gaps[1]);
