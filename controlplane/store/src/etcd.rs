@@ -243,10 +243,27 @@ impl crate::Store for EtcdStore {
 
     async fn txn(&self, req: TxnRequest) -> crate::Result<TxnResponse> {
         crate::validate_txn(&req)?;
+        let mut success: Vec<etcd_client::TxnOp> = req.success.iter().map(txn_op).collect();
+        let mut failure: Vec<etcd_client::TxnOp> = req.failure.iter().map(txn_op).collect();
+        // etcd answers a transaction without operations serializably: `isTxnSerializable`
+        // holds vacuously, so a follower may evaluate the compares on stale state. One
+        // count-only (linearizable) read in each branch makes it linearizable like every other
+        // call here; its answer is dropped below.
+        let padded = success.is_empty() && failure.is_empty() && !req.compare.is_empty();
+        if padded {
+            let probe = || {
+                etcd_client::TxnOp::get(
+                    req.compare[0].key.clone(),
+                    Some(etcd_client::GetOptions::new().with_count_only()),
+                )
+            };
+            success.push(probe());
+            failure.push(probe());
+        }
         let txn = etcd_client::Txn::new()
             .when(req.compare.iter().map(compare).collect::<Vec<_>>())
-            .and_then(req.success.iter().map(txn_op).collect::<Vec<_>>())
-            .or_else(req.failure.iter().map(txn_op).collect::<Vec<_>>());
+            .and_then(success)
+            .or_else(failure);
         let mut client = self.client.clone();
         let resp = match client.txn(txn).await {
             Ok(r) => r,
@@ -296,6 +313,7 @@ impl crate::Store for EtcdStore {
                 }
             })
             .collect::<Result<Vec<_>, Error>>()?;
+        let responses = if padded { Vec::new() } else { responses };
         Ok(TxnResponse { header_revision, succeeded: resp.succeeded(), responses })
     }
 
