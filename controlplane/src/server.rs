@@ -136,14 +136,17 @@ impl ApiError {
     }
 }
 
+impl From<ApiError> for crate::objects::ApiError {
+    fn from(e: ApiError) -> Self {
+        let (code, reason, message) = e.parts();
+        crate::objects::ApiError { code: code.as_u16(), reason, message, details: None }
+    }
+}
+
 impl IntoResponse for ApiError {
+    /// The `metav1.Status` body of [`crate::objects::ApiError`], the one Status renderer.
     fn into_response(self) -> Response {
-        let (code, reason, message) = self.parts();
-        let body = json!({
-            "kind": "Status", "apiVersion": "v1", "metadata": {},
-            "status": "Failure", "message": message, "reason": reason, "code": code.as_u16(),
-        });
-        (code, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+        crate::objects::ApiError::from(self).into_response()
     }
 }
 
