@@ -432,7 +432,14 @@ spec:
             ),
         )?;
         let p = e.wait_running("init").await?;
-        let order = std::fs::read_to_string(e.empty_dir(&p, "work").join("order"))?;
+        // Running means the app's process exists, not that its first command has run.
+        let file = e.empty_dir(&p, "work").join("order");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut order = std::fs::read_to_string(&file)?;
+        while !order.ends_with("app\n") && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            order = std::fs::read_to_string(&file)?;
+        }
         ensure!(order == "1\n2\napp\n", "order: {order:?}");
         let st = p.status.context("status")?;
         let app = &st.container_statuses.context("statuses")?[0];
