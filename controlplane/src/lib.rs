@@ -13,25 +13,32 @@
 //!   upstream's resourceVersion, precondition and finalizer semantics and Status errors;
 //! - [`patch`]: strategic merge patch driven by the schema's patch extensions;
 //! - [`apply`]: the structural merge of server-side apply (list types, map keys, atomic maps);
+//! - [`managed`]: field ownership (`managedFields`) and server-side apply's conflicts;
+//! - [`strategy`]: per-kind rules of writes (status reset, the `scale` view);
+//! - [`pipeline`]: the write pipeline (decode, patch, field validation, strategy, field
+//!   ownership, store) behind every create, update and patch;
 //! - [`pki`]: the cluster CA, serving and admin certificates and the admin kubeconfig;
 //! - [`server`]: the HTTP router (axum) and the TLS listener with x509 client-certificate
 //!   authentication.
 //!
-//! - [`rest`]: get, list, create, update and delete of every resource over HTTP.
+//! - [`rest`]: get, list, create, update, patch and delete of every resource, and its
+//!   `status` and `scale`, over HTTP.
 //!
-//! Limits: no patch, watch, subresources, admission, validation or RBAC yet; see each
-//! module's docs.
+//! Limits: no watch, admission, validation or RBAC yet; see each module's docs.
 
 pub mod apply;
 pub mod discovery;
 pub mod fields;
+pub mod managed;
 pub mod objects;
 pub mod patch;
+pub mod pipeline;
 pub mod pki;
 pub mod registry;
 pub mod rest;
 pub mod schema;
 pub mod server;
+pub mod strategy;
 
 /// The Kubernetes version whose API this server implements (k8s-openapi's `v1_33`).
 pub const KUBERNETES_VERSION: &str = "v1.33.0";

@@ -44,14 +44,27 @@ pub struct ApiError {
     pub message: String,
     /// `details`: the object's kind and name, when about one.
     pub details: Option<(String, String)>,
+    /// `details.causes`: each field at fault.
+    pub causes: Vec<Cause>,
+}
+
+/// One `details.causes` entry of a Status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cause {
+    /// `FieldValueInvalid`, `FieldManagerConflict`, …
+    pub reason: String,
+    /// The message.
+    pub message: String,
+    /// The field path.
+    pub field: String,
 }
 
 impl ApiError {
-    fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
-        ApiError { code, reason, message: message.into(), details: None }
+    pub(crate) fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
+        ApiError { code, reason, message: message.into(), details: None, causes: Vec::new() }
     }
 
-    fn about(mut self, r: &Resource, name: &str) -> Self {
+    pub(crate) fn about(mut self, r: &Resource, name: &str) -> Self {
         self.details = Some((r.plural.to_owned(), name.to_owned()));
         self
     }
@@ -68,8 +81,21 @@ impl ApiError {
 
     /// `422 Invalid` for `name` of `r`, naming the field path.
     pub fn invalid(r: &Resource, name: &str, field: &str, why: &str) -> Self {
-        let message = format!("{} \"{name}\" is invalid: {field}: {why}", r.gvk.kind);
-        Self::new(422, "Invalid", message).about(r, name)
+        let message = if field.is_empty() {
+            format!("{} \"{name}\" is invalid: {why}", r.gvk.kind)
+        } else {
+            format!("{} \"{name}\" is invalid: {field}: {why}", r.gvk.kind)
+        };
+        let mut e = Self::new(422, "Invalid", message);
+        // Upstream's Invalid errors name the kind, the others the resource.
+        e.details = Some((r.gvk.kind.to_owned(), name.to_owned()));
+        // kubectl prints an Invalid error's causes, not its message.
+        e.causes.push(Cause {
+            reason: "FieldValueInvalid".into(),
+            message: why.to_owned(),
+            field: field.to_owned(),
+        });
+        e
     }
 
     /// `500 InternalError`.
@@ -90,6 +116,14 @@ impl ApiError {
         });
         if let Some((kind, name)) = &self.details {
             s["details"] = json!({ "name": name, "kind": kind });
+        }
+        if !self.causes.is_empty() {
+            let causes: Vec<Value> = self
+                .causes
+                .iter()
+                .map(|c| json!({ "reason": c.reason, "message": c.message, "field": c.field }))
+                .collect();
+            s["details"]["causes"] = Value::Array(causes);
         }
         s
     }
@@ -312,6 +346,91 @@ fn spec_part(obj: &Value) -> Value {
     o
 }
 
+/// How often [`Objects::update_with`] recomputes a change that lost a race before it answers
+/// `409 Conflict`.
+const UPDATE_ATTEMPTS: usize = 16;
+
+/// What [`Objects::update_with`] wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Written {
+    /// The object as stored, with its resourceVersion.
+    pub object: Value,
+    /// Whether it was created (it did not exist).
+    pub created: bool,
+}
+
+/// Fills in a new object's identity; returns its name. `url_name` is the name the request's
+/// path gives, which the object must carry (or leave out).
+fn prepare_create(
+    r: &Resource,
+    ns: Option<&str>,
+    obj: &mut Value,
+    url_name: Option<&str>,
+) -> Result<String> {
+    let m = meta(obj)?;
+    let name = match m.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()) {
+        Some(n) => n.to_owned(),
+        None => match (url_name, m.get("generateName").and_then(Value::as_str)) {
+            (Some(n), _) => n.to_owned(),
+            (None, Some(base)) if !base.is_empty() => generated_name(base),
+            _ => {
+                return Err(ApiError::invalid(
+                    r,
+                    "",
+                    "metadata.name",
+                    "Required value: name or generateName is required",
+                ))
+            }
+        },
+    };
+    if let Some(given) = m.get("namespace").and_then(Value::as_str).filter(|n| !n.is_empty()) {
+        if ns.is_some_and(|ns| ns != given) {
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
+        }
+    }
+    m.insert("name".into(), Value::String(name.clone()));
+    match ns {
+        Some(ns) => m.insert("namespace".into(), Value::String(ns.to_owned())),
+        None => m.remove("namespace"),
+    };
+    m.insert("uid".into(), Value::String(new_uid()));
+    m.insert("creationTimestamp".into(), Value::String(now()));
+    m.insert("generation".into(), json!(1));
+    for f in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"] {
+        m.remove(f);
+    }
+    Ok(name)
+}
+
+/// Keeps an updated object's identity from the stored one and counts its generation.
+fn prepare_update(ns: Option<&str>, name: &str, current: &Value, obj: &mut Value) -> Result<()> {
+    let cur_meta = current.get("metadata").cloned().unwrap_or_default();
+    let spec_changed = spec_part(current) != spec_part(obj);
+    let m = meta(obj)?;
+    m.insert("name".into(), Value::String(name.to_owned()));
+    match ns {
+        Some(ns) => m.insert("namespace".into(), Value::String(ns.to_owned())),
+        None => m.remove("namespace"),
+    };
+    for f in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "generateName",
+    ] {
+        match cur_meta.get(f) {
+            Some(v) => m.insert(f.into(), v.clone()),
+            None => m.remove(f),
+        };
+    }
+    let generation = cur_meta.get("generation").and_then(Value::as_i64).unwrap_or(1);
+    m.insert("generation".into(), json!(if spec_changed { generation + 1 } else { generation }));
+    Ok(())
+}
+
 impl Objects {
     /// Objects over `store`.
     pub fn new(store: Arc<dyn Store>) -> Self {
@@ -327,44 +446,22 @@ impl Objects {
         dry_run: bool,
     ) -> Result<Value> {
         let ns = self.scope(r, namespace)?;
-        let m = meta(&mut obj)?;
-        let name = match m.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()) {
-            Some(n) => n.to_owned(),
-            None => match m.get("generateName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
-                Some(base) => generated_name(base),
-                None => {
-                    return Err(ApiError::invalid(
-                        r,
-                        "",
-                        "metadata.name",
-                        "Required value: name or generateName is required",
-                    ))
-                }
-            },
-        };
-        if let Some(given) = m.get("namespace").and_then(Value::as_str).filter(|n| !n.is_empty()) {
-            if ns.is_some_and(|ns| ns != given) {
-                return Err(ApiError::bad_request(
-                    "the namespace of the provided object does not match the namespace sent on the request",
-                ));
-            }
-        }
-        m.insert("name".into(), Value::String(name.clone()));
-        match ns {
-            Some(ns) => m.insert("namespace".into(), Value::String(ns.to_owned())),
-            None => m.remove("namespace"),
-        };
-        m.insert("uid".into(), Value::String(new_uid()));
-        m.insert("creationTimestamp".into(), Value::String(now()));
-        m.insert("generation".into(), json!(1));
-        for f in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"]
-        {
-            m.remove(f);
-        }
-        let k = key(r, ns, &name);
+        let name = prepare_create(r, ns, &mut obj, None)?;
+        self.commit_create(r, ns, &name, obj, dry_run).await
+    }
+
+    async fn commit_create(
+        &self,
+        r: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        mut obj: Value,
+        dry_run: bool,
+    ) -> Result<Value> {
+        let k = key(r, ns, name);
         if dry_run {
             return match self.read(&k, 0).await? {
-                Some(_) => Err(already_exists(r, &name)),
+                Some(_) => Err(already_exists(r, name)),
                 None => Ok(obj),
             };
         }
@@ -373,7 +470,7 @@ impl Objects {
             .then(TxnOp::Put(PutRequest::new(k, encode(&obj)?)));
         let res = self.store.txn(txn).await?;
         if !res.succeeded {
-            return Err(already_exists(r, &name));
+            return Err(already_exists(r, name));
         }
         meta(&mut obj)?
             .insert("resourceVersion".into(), Value::String(res.header_revision.to_string()));
@@ -395,66 +492,85 @@ impl Objects {
         r: &Resource,
         namespace: Option<&str>,
         name: &str,
-        mut obj: Value,
+        obj: Value,
         dry_run: bool,
     ) -> Result<Value> {
+        let written = self
+            .update_with(r, namespace, name, dry_run, |current| match current {
+                Some(_) => Ok(obj.clone()),
+                None => Err(ApiError::not_found(r, name)),
+            })
+            .await?;
+        Ok(written.object)
+    }
+
+    /// Upstream's `GuaranteedUpdate`: reads the object, lets `change` compute its next state
+    /// from the current one (`None` when it does not exist: `change` then either fails or
+    /// returns an object to create), and commits that state only if the object is still the
+    /// one `change` saw; otherwise it reads again and calls `change` again.
+    ///
+    /// A `resourceVersion` in the computed state is a precondition: it must be the current
+    /// one, else `409 Conflict` at once (a PUT of a stale object, a patch that sets it).
+    /// Identity fields are kept from the stored object and `generation` is counted as in
+    /// [`Objects::update`].
+    pub async fn update_with<F>(
+        &self,
+        r: &Resource,
+        namespace: Option<&str>,
+        name: &str,
+        dry_run: bool,
+        mut change: F,
+    ) -> Result<Written>
+    where
+        F: FnMut(Option<&Value>) -> Result<Value> + Send,
+    {
         let ns = self.scope(r, namespace)?;
         let k = key(r, ns, name);
-        if meta_str(&obj, "name").is_some_and(|n| n != name) {
-            return Err(ApiError::bad_request(
-                "the name of the object does not match the name on the URL",
-            ));
-        }
-        let expected = match meta_str(&obj, "resourceVersion").filter(|v| !v.is_empty()) {
-            None => None,
-            Some(v) => Some(
-                v.parse::<Revision>()
-                    .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {v:?}")))?,
-            ),
-        };
-        let Some((current, revision)) = self.read(&k, 0).await? else {
-            return Err(ApiError::not_found(r, name));
-        };
-        if expected.is_some_and(|e| e != revision) {
-            return Err(conflict(r, name));
-        }
-        let cur_meta = current.get("metadata").cloned().unwrap_or_default();
-        let spec_changed = spec_part(&current) != spec_part(&obj);
-        let m = meta(&mut obj)?;
-        m.insert("name".into(), Value::String(name.to_owned()));
-        if let Some(ns) = ns {
-            m.insert("namespace".into(), Value::String(ns.to_owned()));
-        }
-        for f in [
-            "uid",
-            "creationTimestamp",
-            "deletionTimestamp",
-            "deletionGracePeriodSeconds",
-            "generateName",
-        ] {
-            match cur_meta.get(f) {
-                Some(v) => m.insert(f.into(), v.clone()),
-                None => m.remove(f),
+        for _ in 0..UPDATE_ATTEMPTS {
+            let current = self.read(&k, 0).await?;
+            let mut obj = change(current.as_ref().map(|(v, _)| v))?;
+            if meta_str(&obj, "name").is_some_and(|n| n != name) {
+                return Err(ApiError::bad_request(
+                    "the name of the object does not match the name on the URL",
+                ));
+            }
+            let Some((current, revision)) = current else {
+                prepare_create(r, ns, &mut obj, Some(name))?;
+                let object = match self.commit_create(r, ns, name, obj, dry_run).await {
+                    // Someone created it meanwhile: compute the change against theirs.
+                    Err(e) if e.reason == "AlreadyExists" && !dry_run => continue,
+                    other => other?,
+                };
+                return Ok(Written { object, created: true });
             };
+            let expected = match meta_str(&obj, "resourceVersion").filter(|v| !v.is_empty()) {
+                None => None,
+                Some(v) => Some(v.parse::<Revision>().map_err(|_| {
+                    ApiError::bad_request(format!("invalid resourceVersion {v:?}"))
+                })?),
+            };
+            if expected.is_some_and(|e| e != revision) {
+                return Err(conflict(r, name));
+            }
+            prepare_update(ns, name, &current, &mut obj)?;
+            if dry_run {
+                return Ok(Written { object: obj, created: false });
+            }
+            let txn = TxnRequest::new()
+                .when(Compare::mod_revision_is(k.clone(), revision))
+                .then(TxnOp::Put(PutRequest::new(k.clone(), encode(&obj)?)));
+            let res = self.store.txn(txn).await?;
+            if !res.succeeded {
+                if expected.is_some() {
+                    return Err(conflict(r, name));
+                }
+                continue;
+            }
+            meta(&mut obj)?
+                .insert("resourceVersion".into(), Value::String(res.header_revision.to_string()));
+            return Ok(Written { object: obj, created: false });
         }
-        let generation = cur_meta.get("generation").and_then(Value::as_i64).unwrap_or(1);
-        m.insert(
-            "generation".into(),
-            json!(if spec_changed { generation + 1 } else { generation }),
-        );
-        if dry_run {
-            return Ok(obj);
-        }
-        let txn = TxnRequest::new()
-            .when(Compare::mod_revision_is(k.clone(), revision))
-            .then(TxnOp::Put(PutRequest::new(k, encode(&obj)?)));
-        let res = self.store.txn(txn).await?;
-        if !res.succeeded {
-            return Err(conflict(r, name));
-        }
-        meta(&mut obj)?
-            .insert("resourceVersion".into(), Value::String(res.header_revision.to_string()));
-        Ok(obj)
+        Err(conflict(r, name))
     }
 
     /// Deletes one object, or marks it for deletion when it has finalizers.

@@ -1,48 +1,57 @@
-//! The object verbs over HTTP: get, list, create, update (PUT) and delete of every registered
-//! resource, on upstream's paths, answered from [`Objects`](crate::objects::Objects).
+//! The object verbs over HTTP: get, list, create, update (PUT), patch and delete of every
+//! registered resource, and get, update and patch of its `status` and `scale`, on upstream's
+//! paths, answered from [`Objects`](crate::objects::Objects) through the write
+//! [pipeline](crate::pipeline).
 //!
-//! - `/api/v1/[namespaces/{ns}/]{resource}[/{name}]` and
-//!   `/apis/{group}/{version}/[namespaces/{ns}/]{resource}[/{name}]`; a namespaced resource
-//!   listed without a namespace is listed across all of them.
+//! - `/api/v1/[namespaces/{ns}/]{resource}[/{name}[/{subresource}]]` and
+//!   `/apis/{group}/{version}/[namespaces/{ns}/]{resource}[/{name}[/{subresource}]]`; a
+//!   namespaced resource listed without a namespace is listed across all of them.
 //! - Query parameters: `resourceVersion`, `resourceVersionMatch`, `limit`, `continue` on lists;
-//!   `dryRun=All` on writes. A body's `apiVersion` and `kind` must be the resource's (they are
-//!   filled in when missing).
-//! - Errors are `metav1.Status` bodies with upstream's codes and reasons.
+//!   `dryRun=All`, `fieldManager`, `fieldValidation` and (apply) `force` on writes. A body's
+//!   `apiVersion` and `kind` must be the resource's (they are filled in when missing); a patch's
+//!   kind is its `Content-Type`.
+//! - Errors are `metav1.Status` bodies with upstream's codes and reasons; warnings are
+//!   `Warning` headers.
 //!
-//! Not here yet: patch, watch, subresources, deletecollection, admission and validation, and
-//! table output (kubectl prints names without it).
+//! Not here yet: watch, the streaming and action subresources, deletecollection, admission and
+//! validation, and table output (kubectl prints names without it).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use serde_json::{json, Value};
 
 use crate::objects::{ApiError, Deleted, ListOptions, Objects, Preconditions, ReadAt};
+use crate::pipeline::{json_body, Outcome, Part, PatchType, WriteOptions, Writer};
 use crate::registry::{self, Resource};
 use crate::server::ApiState;
+use crate::strategy::Strategy;
 
 type Params = HashMap<String, String>;
 
 /// The object routes, to be merged into the API router.
 pub fn routes() -> Router<Arc<ApiState>> {
+    let object = || get(read).put(update).patch(patch).delete(delete);
+    let sub = || get(read_sub).put(update_sub).patch(patch_sub);
     Router::new()
         .route("/api/v1/{resource}", get(list).post(create))
-        .route("/api/v1/{resource}/{name}", get(read).put(update).delete(delete))
+        .route("/api/v1/{resource}/{name}", object())
+        .route("/api/v1/{resource}/{name}/{sub}", sub())
         .route("/api/v1/namespaces/{ns}/{resource}", get(list).post(create))
-        .route("/api/v1/namespaces/{ns}/{resource}/{name}", get(read).put(update).delete(delete))
+        .route("/api/v1/namespaces/{ns}/{resource}/{name}", object())
+        .route("/api/v1/namespaces/{ns}/{resource}/{name}/{sub}", sub())
         .route("/apis/{group}/{version}/{resource}", get(list).post(create))
-        .route("/apis/{group}/{version}/{resource}/{name}", get(read).put(update).delete(delete))
+        .route("/apis/{group}/{version}/{resource}/{name}", object())
+        .route("/apis/{group}/{version}/{resource}/{name}/{sub}", sub())
         .route("/apis/{group}/{version}/namespaces/{ns}/{resource}", get(list).post(create))
-        .route(
-            "/apis/{group}/{version}/namespaces/{ns}/{resource}/{name}",
-            get(read).put(update).delete(delete),
-        )
+        .route("/apis/{group}/{version}/namespaces/{ns}/{resource}/{name}", object())
+        .route("/apis/{group}/{version}/namespaces/{ns}/{resource}/{name}/{sub}", sub())
 }
 
 impl IntoResponse for ApiError {
@@ -65,12 +74,8 @@ fn target(p: &Params, collection: bool) -> Result<Target, ApiError> {
         _ => ("", "v1"),
     };
     let plural = p.get("resource").map(String::as_str).unwrap_or_default();
-    let not_found = || ApiError {
-        code: 404,
-        reason: "NotFound",
-        message: "the server could not find the requested resource".into(),
-        details: None,
-    };
+    let not_found =
+        || ApiError::new(404, "NotFound", "the server could not find the requested resource");
     let resource = registry::find(group, version, plural).ok_or_else(not_found)?;
     let namespace = p.get("ns").cloned();
     // A cluster-scoped resource has no namespaced path; a namespaced one is reachable without
@@ -84,12 +89,9 @@ fn target(p: &Params, collection: bool) -> Result<Target, ApiError> {
 }
 
 fn objects(state: &ApiState) -> Result<&Objects, ApiError> {
-    state.objects().ok_or_else(|| ApiError {
-        code: 503,
-        reason: "ServiceUnavailable",
-        message: "this API server has no store".into(),
-        details: None,
-    })
+    state
+        .objects()
+        .ok_or_else(|| ApiError::new(503, "ServiceUnavailable", "this API server has no store"))
 }
 
 fn dry_run(q: &Params) -> Result<bool, ApiError> {
@@ -98,30 +100,6 @@ fn dry_run(q: &Params) -> Result<bool, ApiError> {
         Some("All") => Ok(true),
         Some(o) => Err(ApiError::bad_request(format!("unsupported dryRun value {o:?} (All)"))),
     }
-}
-
-fn body_object(body: &Bytes, r: &Resource) -> Result<Value, ApiError> {
-    let mut obj: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::bad_request(format!("the request body is not a JSON object: {e}"))
-    })?;
-    let o = obj
-        .as_object_mut()
-        .ok_or_else(|| ApiError::bad_request("the request body is not a JSON object"))?;
-    let api_version = r.gvk.api_version();
-    for (field, want) in [("apiVersion", api_version.as_str()), ("kind", r.gvk.kind)] {
-        match o.get(field).and_then(Value::as_str) {
-            None | Some("") => {
-                o.insert(field.into(), Value::String(want.to_owned()));
-            }
-            Some(got) if got == want => {}
-            Some(got) => {
-                return Err(ApiError::bad_request(format!(
-                    "the {field} {got:?} of the body does not match the path's {want:?}"
-                )))
-            }
-        }
-    }
-    Ok(obj)
 }
 
 fn with_type(mut obj: Value, r: &Resource) -> Value {
@@ -183,32 +161,138 @@ async fn read(
     Ok(axum::Json(with_type(obj, t.resource)).into_response())
 }
 
+fn writer<'a>(
+    state: &'a ApiState,
+    t: &'a Target,
+    q: &Params,
+    headers: &HeaderMap,
+    patch: Option<PatchType>,
+) -> Result<Writer<'a>, ApiError> {
+    Ok(Writer {
+        objects: objects(state)?,
+        schemas: state.schemas(),
+        resource: t.resource,
+        namespace: t.namespace.as_deref(),
+        options: WriteOptions::parse(q, headers, patch)?,
+    })
+}
+
+/// The response to a write: the object (as the subresource shows it), `201` when created, a
+/// `Warning` header per warning.
+fn written(out: Outcome, r: &Resource, part: Part) -> Response {
+    let code = if out.created { StatusCode::CREATED } else { StatusCode::OK };
+    let body = if part == Part::Scale { out.object } else { with_type(out.object, r) };
+    let mut res = (code, axum::Json(body)).into_response();
+    for w in out.warnings {
+        let text = format!("299 - {}", serde_json::Value::String(w));
+        if let Ok(v) = HeaderValue::from_str(&text) {
+            res.headers_mut().append(http::header::WARNING, v);
+        }
+    }
+    res
+}
+
 async fn create(
     State(state): State<Arc<ApiState>>,
     Path(p): Path<Params>,
     Query(q): Query<Params>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let t = target(&p, false)?;
-    let obj = body_object(&body, t.resource)?;
-    let created =
-        objects(&state)?.create(t.resource, t.namespace.as_deref(), obj, dry_run(&q)?).await?;
-    Ok((StatusCode::CREATED, axum::Json(with_type(created, t.resource))).into_response())
+    let w = writer(&state, &t, &q, &headers, None)?;
+    let out = w.create(json_body(&body)?).await?;
+    Ok(written(out, t.resource, Part::Object))
 }
 
 async fn update(
     State(state): State<Arc<ApiState>>,
     Path(p): Path<Params>,
     Query(q): Query<Params>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    write_part(&state, &p, &q, &headers, Part::Object, None, &body).await
+}
+
+async fn patch(
+    State(state): State<Arc<ApiState>>,
+    Path(p): Path<Params>,
+    Query(q): Query<Params>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let kind = content_type_patch(&headers)?;
+    write_part(&state, &p, &q, &headers, Part::Object, Some(kind), &body).await
+}
+
+fn content_type_patch(headers: &HeaderMap) -> Result<PatchType, ApiError> {
+    PatchType::from_content_type(
+        headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()),
+    )
+}
+
+fn sub_part(t: &Target, p: &Params) -> Result<Part, ApiError> {
+    Part::of(t.resource, p.get("sub").map(String::as_str))
+}
+
+async fn read_sub(
+    State(state): State<Arc<ApiState>>,
+    Path(p): Path<Params>,
+) -> Result<Response, ApiError> {
+    let t = target(&p, false)?;
+    let part = sub_part(&t, &p)?;
+    let name = t.name.clone().unwrap_or_default();
+    let obj = objects(&state)?.get(t.resource, t.namespace.as_deref(), &name).await?;
+    match part {
+        Part::Scale => Ok(axum::Json(Strategy::of(t.resource).scale_of(&obj)?).into_response()),
+        Part::Object | Part::Status => Ok(axum::Json(with_type(obj, t.resource)).into_response()),
+    }
+}
+
+async fn update_sub(
+    State(state): State<Arc<ApiState>>,
+    Path(p): Path<Params>,
+    Query(q): Query<Params>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let t = target(&p, false)?;
-    let name = t.name.unwrap_or_default();
-    let obj = body_object(&body, t.resource)?;
-    let updated = objects(&state)?
-        .update(t.resource, t.namespace.as_deref(), &name, obj, dry_run(&q)?)
-        .await?;
-    Ok(axum::Json(with_type(updated, t.resource)).into_response())
+    let part = sub_part(&t, &p)?;
+    write_part(&state, &p, &q, &headers, part, None, &body).await
+}
+
+async fn patch_sub(
+    State(state): State<Arc<ApiState>>,
+    Path(p): Path<Params>,
+    Query(q): Query<Params>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let t = target(&p, false)?;
+    let part = sub_part(&t, &p)?;
+    let kind = content_type_patch(&headers)?;
+    write_part(&state, &p, &q, &headers, part, Some(kind), &body).await
+}
+
+/// A PUT (`patch` None) or PATCH of an object or one of its parts.
+async fn write_part(
+    state: &ApiState,
+    p: &Params,
+    q: &Params,
+    headers: &HeaderMap,
+    part: Part,
+    patch: Option<PatchType>,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let t = target(p, false)?;
+    let name = t.name.clone().unwrap_or_default();
+    let w = writer(state, &t, q, headers, patch)?;
+    let out = match patch {
+        None => w.update(&name, part, json_body(body)?).await?,
+        Some(kind) => w.patch(&name, part, kind, body).await?,
+    };
+    Ok(written(out, t.resource, part))
 }
 
 async fn delete(

@@ -139,7 +139,7 @@ impl ApiError {
 impl From<ApiError> for crate::objects::ApiError {
     fn from(e: ApiError) -> Self {
         let (code, reason, message) = e.parts();
-        crate::objects::ApiError { code: code.as_u16(), reason, message, details: None }
+        crate::objects::ApiError::new(code.as_u16(), reason, message)
     }
 }
 

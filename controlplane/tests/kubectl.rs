@@ -44,31 +44,92 @@ async fn kubectl_ok(kubeconfig: &Path, home: &Path, args: &[&str]) -> Result<Str
     Ok(String::from_utf8(out.stdout)?)
 }
 
+/// A server on a free loopback port with its admin kubeconfig, and a HOME for kubectl.
+struct Cluster {
+    dir: tempfile::TempDir,
+    home: std::path::PathBuf,
+    kubeconfig: std::path::PathBuf,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Cluster {
+    /// Starts one, or `None` (after printing why) when kubectl is missing.
+    async fn start(test: &str) -> Result<Option<Cluster>> {
+        if !kubectl_available() {
+            assert!(
+                std::env::var("KEELSON_TEST_STRICT").as_deref() != Ok("1"),
+                "kubectl is required in strict mode"
+            );
+            eprintln!("SKIP {test}: kubectl is not installed");
+            return Ok(None);
+        }
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir()?;
+        let home = dir.path().join("home");
+        std::fs::create_dir_all(&home)?;
+        let config = Config {
+            data_dir: dir.path().join("data"),
+            listen: "127.0.0.1:0".parse()?,
+            advertise: None,
+        };
+        let listener = bind(&config).await?;
+        let kubeconfig = listener.kubeconfig().to_owned();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(listener.serve(async {
+            let _ = stopped.await;
+        }));
+        Ok(Some(Cluster { dir, home, kubeconfig, stop, server }))
+    }
+
+    async fn run(&self, args: &[&str]) -> Result<Output> {
+        kubectl(&self.kubeconfig, &self.home, args).await
+    }
+
+    async fn ok(&self, args: &[&str]) -> Result<String> {
+        kubectl_ok(&self.kubeconfig, &self.home, args).await
+    }
+
+    /// kubectl's error output for a command that must fail.
+    async fn fails(&self, args: &[&str]) -> Result<String> {
+        let out = self.run(args).await?;
+        ensure!(
+            !out.status.success(),
+            "kubectl {args:?} succeeded: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    /// Writes a manifest into the test's directory; returns its path.
+    fn manifest(&self, name: &str, text: &str) -> Result<String> {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text)?;
+        Ok(path.to_string_lossy().into_owned())
+    }
+
+    async fn get_json(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let mut all = vec!["get"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["-o", "json"]);
+        Ok(serde_json::from_str(&self.ok(&all).await?)?)
+    }
+
+    async fn stop(self) -> Result<()> {
+        let _ = self.stop.send(());
+        self.server.await?;
+        Ok(())
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_discovers_explains_and_versions_against_the_server() -> Result<()> {
-    if !kubectl_available() {
-        assert!(
-            std::env::var("KEELSON_TEST_STRICT").as_deref() != Ok("1"),
-            "kubectl is required in strict mode"
-        );
-        eprintln!("SKIP kubectl_discovers_explains_and_versions_against_the_server: kubectl is not installed");
+    let Some(c) =
+        Cluster::start("kubectl_discovers_explains_and_versions_against_the_server").await?
+    else {
         return Ok(());
-    }
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = tempfile::tempdir()?;
-    let home = dir.path().join("home");
-    std::fs::create_dir_all(&home)?;
-    let config = Config {
-        data_dir: dir.path().join("data"),
-        listen: "127.0.0.1:0".parse()?,
-        advertise: None,
     };
-    let listener = bind(&config).await?;
-    let kubeconfig = listener.kubeconfig().to_owned();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(listener.serve(async {
-        let _ = stopped.await;
-    }));
+    let (dir, home, kubeconfig) = (c.dir.path(), c.home.clone(), c.kubeconfig.clone());
 
     // api-resources: every registered resource, with upstream's columns, from aggregated
     // discovery alone (two requests, /api and /apis; no per-group-version fetches).
@@ -126,7 +187,7 @@ async fn kubectl_discovers_explains_and_versions_against_the_server() -> Result<
     // kubectl's probe of server-side field validation reads the v3 paths: `create` goes to
     // the server with fieldValidation=Strict instead of downloading /openapi/v2 for client-side
     // validation.
-    let manifest = dir.path().join("deployment.yaml");
+    let manifest = dir.join("deployment.yaml");
     std::fs::write(
         &manifest,
         "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: web, image: nginx}]}\n",
@@ -161,7 +222,7 @@ async fn kubectl_discovers_explains_and_versions_against_the_server() -> Result<
 
     // A core resource, and a dry run that stores nothing. (Manifests: kubectl's generators
     // send protobuf, which this server does not decode yet.)
-    let cm = dir.path().join("cm.yaml");
+    let cm = dir.join("cm.yaml");
     std::fs::write(&cm, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg}\ndata: {a: b}\n")?;
     let cm = cm.to_string_lossy().into_owned();
     kubectl_ok(&kubeconfig, &home, &["create", "-f", &cm, "--dry-run=server"]).await?;
@@ -184,7 +245,7 @@ async fn kubectl_discovers_explains_and_versions_against_the_server() -> Result<
     ensure!(out.contains("Server Version: v1.33.0"), "version:\n{out}");
 
     // A client without a certificate is refused with 401 (kubectl says Unauthorized).
-    let anonymous = dir.path().join("anonymous.kubeconfig");
+    let anonymous = dir.join("anonymous.kubeconfig");
     let admin = std::fs::read_to_string(&kubeconfig)?;
     let mut config: serde_json::Value = serde_yaml_ng::from_str(&admin)?;
     // No certificate; a token we do not accept (with no credentials at all kubectl would prompt
@@ -196,7 +257,204 @@ async fn kubectl_discovers_explains_and_versions_against_the_server() -> Result<
     let err = String::from_utf8_lossy(&out.stderr);
     ensure!(err.contains("Unauthorized"), "anonymous error: {err}");
 
-    let _ = stop.send(());
-    server.await?;
-    Ok(())
+    c.stop().await
+}
+
+const NGINX_DEPLOYMENT: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: nginx-deployment
+  labels: {app: nginx}
+spec:
+  replicas: 3
+  selector:
+    matchLabels: {app: nginx}
+  template:
+    metadata:
+      labels: {app: nginx}
+    spec:
+      containers:
+      - name: nginx
+        image: nginx:1.14.2
+        ports:
+        - containerPort: 80
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_patches_applies_scales_and_labels_with_field_ownership() -> Result<()> {
+    let Some(c) =
+        Cluster::start("kubectl_patches_applies_scales_and_labels_with_field_ownership").await?
+    else {
+        return Ok(());
+    };
+    let deploy = ["deployment", "nginx-deployment"];
+
+    // Server-side apply creates the docs' Deployment, owned by the applier.
+    let m = c.manifest("nginx.yaml", NGINX_DEPLOYMENT)?;
+    let out = c.ok(&["apply", "--server-side", "-f", &m]).await?;
+    ensure!(out.contains("deployment.apps/nginx-deployment serverside-applied"), "apply: {out}");
+    let d = c.get_json(&[deploy[0], deploy[1], "--show-managed-fields"]).await?;
+    ensure!(d["spec"]["replicas"] == 3 && d["metadata"]["generation"] == 1, "{d:#}");
+    ensure!(d["metadata"]["managedFields"][0]["manager"] == "kubectl", "{d:#}");
+    ensure!(d["metadata"]["managedFields"][0]["operation"] == "Apply", "{d:#}");
+
+    // scale goes through the scale subresource and takes .spec.replicas from the applier (its
+    // manager is the user agent's "kubectl", an Update entry beside the Apply one)...
+    let out = c.ok(&["scale", "deployment", "nginx-deployment", "--replicas=5"]).await?;
+    ensure!(out.contains("scaled"), "scale: {out}");
+    let d = c.get_json(&[deploy[0], deploy[1], "--show-managed-fields"]).await?;
+    ensure!(d["spec"]["replicas"] == 5 && d["metadata"]["generation"] == 2, "{d:#}");
+    let scaler = d["metadata"]["managedFields"]
+        .as_array()
+        .and_then(|l| l.iter().find(|e| e["subresource"] == "scale"))
+        .cloned()
+        .unwrap_or_default();
+    ensure!(
+        scaler["manager"] == "kubectl" && scaler["operation"] == "Update",
+        "the scaler's entry: {d:#}"
+    );
+    let scale = c
+        .ok(&[
+            "get",
+            "--raw",
+            "/apis/apps/v1/namespaces/default/deployments/nginx-deployment/scale",
+        ])
+        .await?;
+    let scale: serde_json::Value = serde_json::from_str(&scale)?;
+    ensure!(scale["kind"] == "Scale" && scale["spec"]["replicas"] == 5, "{scale:#}");
+    ensure!(scale["status"]["selector"] == "app=nginx", "{scale:#}");
+
+    // ... so applying 3 again conflicts, naming the field and its owner, until forced.
+    let err = c.fails(&["apply", "--server-side", "-f", &m]).await?;
+    ensure!(err.contains("conflict") && err.contains(".spec.replicas"), "conflict: {err}");
+    c.ok(&["apply", "--server-side", "--force-conflicts", "-f", &m]).await?;
+    let d = c.get_json(&deploy).await?;
+    ensure!(d["spec"]["replicas"] == 3, "forced apply: {d:#}");
+
+    // label and annotate (merge patches), then remove the label.
+    c.ok(&["label", "deployment", "nginx-deployment", "tier=web"]).await?;
+    c.ok(&["annotate", "deployment", "nginx-deployment", "owner=ops"]).await?;
+    let d = c.get_json(&deploy).await?;
+    ensure!(d["metadata"]["labels"]["tier"] == "web", "label: {d:#}");
+    ensure!(d["metadata"]["annotations"]["owner"] == "ops", "annotate: {d:#}");
+    c.ok(&["label", "deployment", "nginx-deployment", "tier-"]).await?;
+    let d = c.get_json(&deploy).await?;
+    ensure!(d["metadata"]["labels"].get("tier").is_none(), "label removal: {d:#}");
+
+    // patch of every type.
+    let smp =
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"nginx","image":"nginx:1.27"}]}}}}"#;
+    c.ok(&["patch", "deployment", "nginx-deployment", "-p", smp]).await?;
+    let d = c.get_json(&deploy).await?;
+    let containers = &d["spec"]["template"]["spec"]["containers"];
+    ensure!(
+        containers.as_array().map(Vec::len) == Some(1)
+            && containers[0]["image"] == "nginx:1.27"
+            && containers[0]["ports"][0]["containerPort"] == 80,
+        "a strategic merge patch merges containers by name: {containers:#}"
+    );
+    c.ok(&[
+        "patch",
+        "deployment",
+        "nginx-deployment",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"annotations":{"owner":null}}}"#,
+    ])
+    .await?;
+    let d = c.get_json(&deploy).await?;
+    ensure!(
+        d["metadata"].get("annotations").is_none_or(|a| a.get("owner").is_none()),
+        "merge patch: {d:#}"
+    );
+    c.ok(&[
+        "patch",
+        "deployment",
+        "nginx-deployment",
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/spec/replicas","value":4}]"#,
+    ])
+    .await?;
+    let d = c.get_json(&deploy).await?;
+    ensure!(d["spec"]["replicas"] == 4, "json patch: {d:#}");
+    let err = c
+        .fails(&[
+            "patch",
+            "deployment",
+            "nginx-deployment",
+            "--type=json",
+            "-p",
+            r#"[{"op":"test","path":"/spec/replicas","value":7}]"#,
+        ])
+        .await?;
+    ensure!(err.contains("value did not match"), "a failed test operation: {err}");
+    let err = c.fails(&["patch", "deployment", "nope", "-p", "{}"]).await?;
+    ensure!(
+        err.contains("NotFound") || err.contains("not found"),
+        "patch of a missing object: {err}"
+    );
+
+    // status: only through the subresource.
+    c.ok(&[
+        "patch",
+        "deployment",
+        "nginx-deployment",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"replicas":4,"readyReplicas":2}}"#,
+    ])
+    .await?;
+    c.ok(&[
+        "patch",
+        "deployment",
+        "nginx-deployment",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"replicas":9},"spec":{"paused":true}}"#,
+    ])
+    .await?;
+    let d = c.get_json(&deploy).await?;
+    ensure!(d["status"]["replicas"] == 4 && d["status"]["readyReplicas"] == 2, "status: {d:#}");
+    ensure!(d["spec"]["paused"] == true, "the spec part of the patch landed: {d:#}");
+
+    // Strict field validation names the misspelt field, for create and for apply.
+    let typo = c.manifest(
+        "typo.yaml",
+        &NGINX_DEPLOYMENT
+            .replace("replicas: 3", "replicass: 3")
+            .replace("nginx-deployment", "typo"),
+    )?;
+    let err = c.fails(&["create", "-f", &typo]).await?;
+    ensure!(err.contains(r#"unknown field "spec.replicass""#), "strict create: {err}");
+    let err = c.fails(&["apply", "--server-side", "-f", &typo]).await?;
+    ensure!(err.contains(r#"unknown field "spec.replicass""#), "strict apply: {err}");
+    let out = c.run(&["get", "deployment", "typo"]).await?;
+    ensure!(!out.status.success(), "a refused create stored the object");
+
+    // Client-side apply: create, then a strategic merge patch against last-applied.
+    let cm = c.manifest(
+        "cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg}\ndata: {a: b, c: d}\n",
+    )?;
+    ensure!(c.ok(&["apply", "-f", &cm]).await?.contains("created"), "client-side apply create");
+    std::fs::write(&cm, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg}\ndata: {a: x}\n")?;
+    ensure!(c.ok(&["apply", "-f", &cm]).await?.contains("configured"), "client-side apply patch");
+    let cfg = c.get_json(&["configmap", "cfg"]).await?;
+    ensure!(cfg["data"] == serde_json::json!({ "a": "x" }), "client-side apply removed c: {cfg:#}");
+
+    // A server-side dry run of a patch changes nothing.
+    c.ok(&[
+        "patch",
+        "deployment",
+        "nginx-deployment",
+        "--dry-run=server",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"replicas":1}}"#,
+    ])
+    .await?;
+    ensure!(c.get_json(&deploy).await?["spec"]["replicas"] == 4, "a dry-run patch was stored");
+    c.stop().await
 }
