@@ -78,6 +78,15 @@ pub enum Error {
         #[source]
         source: Box<keelson_store::embedded::Error>,
     },
+    /// The etcd cluster could not be reached.
+    #[error("connect to etcd at {}", .endpoints.join(","))]
+    Etcd {
+        /// Its client URLs.
+        endpoints: Vec<String>,
+        /// The cause.
+        #[source]
+        source: Box<keelson_store::etcd::Error>,
+    },
 }
 
 /// `Result` of this module.
@@ -93,6 +102,42 @@ pub struct Config {
     /// The address clients should use, when not the listen address (for example when
     /// listening on `0.0.0.0`).
     pub advertise: Option<IpAddr>,
+    /// Where objects live.
+    pub store: StoreChoice,
+}
+
+/// The store backend (`--store embedded|etcd:URL,…`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum StoreChoice {
+    /// The embedded store in `DIR/store.redb` (the default).
+    #[default]
+    Embedded,
+    /// An etcd cluster at these client URLs.
+    Etcd(Vec<String>),
+}
+
+impl std::str::FromStr for StoreChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        if s == "embedded" {
+            return Ok(StoreChoice::Embedded);
+        }
+        let Some(urls) = s.strip_prefix("etcd:") else {
+            return Err(format!("unknown store {s:?}: use embedded or etcd:URL[,URL…]"));
+        };
+        let urls: Vec<String> =
+            urls.split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned).collect();
+        if urls.is_empty() {
+            return Err("etcd: needs at least one client URL (etcd:http://127.0.0.1:2379)".into());
+        }
+        for u in &urls {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return Err(format!("the etcd URL {u:?} must start with http:// or https://"));
+            }
+        }
+        Ok(StoreChoice::Etcd(urls))
+    }
 }
 
 impl Config {
@@ -384,11 +429,23 @@ pub async fn bind(config: &Config) -> Result<Listener> {
     let tls = pki.server_config().map_err(pki_err)?;
     let kubeconfig = config.data_dir.join("admin.kubeconfig");
     write_kubeconfig(&pki, &kubeconfig, &format!("https://{client}"))?;
-    let store_path = config.data_dir.join("store.redb");
-    let store = keelson_store::embedded::EmbeddedStore::open(&store_path, Default::default())
-        .await
-        .map_err(|source| Error::Store { path: store_path.clone(), source: Box::new(source) })?;
-    let objects = crate::objects::Objects::new(Arc::new(store));
+    let store: Arc<dyn keelson_store::Store> = match &config.store {
+        StoreChoice::Embedded => {
+            let path = config.data_dir.join("store.redb");
+            let store = keelson_store::embedded::EmbeddedStore::open(&path, Default::default())
+                .await
+                .map_err(|source| Error::Store { path: path.clone(), source: Box::new(source) })?;
+            Arc::new(store)
+        }
+        StoreChoice::Etcd(endpoints) => {
+            let store =
+                keelson_store::etcd::EtcdStore::connect(endpoints).await.map_err(|source| {
+                    Error::Etcd { endpoints: endpoints.clone(), source: Box::new(source) }
+                })?;
+            Arc::new(store)
+        }
+    };
+    let objects = crate::objects::Objects::new(store);
     let state = Arc::new(ApiState::new(client.to_string()).with_objects(objects));
     tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), kubeconfig = %kubeconfig.display(), "API server listening");
     Ok(Listener { listener, acceptor: TlsAcceptor::from(tls), router: router(state), kubeconfig })
@@ -598,9 +655,26 @@ mod tests {
             data_dir: "/x".into(),
             listen: "0.0.0.0:6443".parse().unwrap(),
             advertise: None,
+            store: StoreChoice::Embedded,
         };
         assert_eq!(c.client_address(6443), "127.0.0.1:6443".parse().unwrap());
         let c = Config { advertise: Some("192.0.2.1".parse().unwrap()), ..c };
         assert_eq!(c.client_address(1), "192.0.2.1:1".parse().unwrap());
+    }
+
+    #[test]
+    fn store_choices_parse_and_bad_ones_say_what_to_write() {
+        assert_eq!("embedded".parse(), Ok(StoreChoice::Embedded));
+        assert_eq!(
+            "etcd:http://127.0.0.1:2379, http://127.0.0.1:2479".parse(),
+            Ok(StoreChoice::Etcd(vec![
+                "http://127.0.0.1:2379".into(),
+                "http://127.0.0.1:2479".into()
+            ]))
+        );
+        for bad in ["etcd:", "etcd:127.0.0.1:2379", "sqlite"] {
+            let e = bad.parse::<StoreChoice>().unwrap_err();
+            assert!(e.contains("etcd") || e.contains("embedded"), "{bad}: {e}");
+        }
     }
 }

@@ -72,6 +72,7 @@ impl Cluster {
             data_dir: dir.path().join("data"),
             listen: "127.0.0.1:0".parse()?,
             advertise: None,
+            store: Default::default(),
         };
         let listener = bind(&config).await?;
         let kubeconfig = listener.kubeconfig().to_owned();

@@ -4,7 +4,8 @@
 //!
 //! Unit tier (no root, loopback only); skips with a printed reason when kubectl is missing,
 //! fails instead with `KEELSON_TEST_STRICT=1`. Run: `cargo test -p keelson-tests --test
-//! controlplane_cli` (builds the `keelson` binary on first use).
+//! controlplane_cli` (builds the `keelson` binary on first use). The etcd variant starts
+//! Debian's etcd on loopback and runs in the privileged tier, with the other etcd tests.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -23,12 +24,17 @@ impl Drop for Server {
 }
 
 fn start(data: &Path, port: u16) -> Result<Server> {
+    start_with(data, port, &[])
+}
+
+fn start_with(data: &Path, port: u16, extra: &[&str]) -> Result<Server> {
     let child = Command::new(keelson_tests::bins::keelson()?)
         .arg("controlplane")
         .arg("--data-dir")
         .arg(data)
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -124,5 +130,67 @@ fn controlplane_serves_kubectl_and_keeps_its_credentials_across_a_restart() -> R
     // Objects written before the restart are still there (the store is durable on commit).
     let kept = kubectl(&saved, &home, &["get", "configmap", "kept", "-o", "jsonpath={.data.k}"])?;
     ensure!(kept == "v", "the configmap after a restart: {kept:?}");
+    Ok(())
+}
+
+#[test]
+fn controlplane_on_etcd_serves_kubectl_and_its_objects_outlive_the_server() {
+    use keelson_tests::etcd::{need_etcd, EtcdCluster};
+    use keelson_tests::{need_root, require, Tier};
+    require!(Tier::Privileged, need_root(), need_etcd(), need_kubectl());
+    let run = || -> Result<()> {
+        let etcd = EtcdCluster::start(1, Duration::from_secs(1))?;
+        let store = format!("etcd:{}", etcd.endpoints().join(","));
+        let dir = tempfile::tempdir()?;
+        let (data, home) = (dir.path().join("data"), dir.path().join("home"));
+        std::fs::create_dir_all(&home)?;
+        let kubeconfig = data.join("admin.kubeconfig");
+        let port = free_port()?;
+        let mut server = start_with(&data, port, &["--store", &store])?;
+        wait_ready(&mut server, &kubeconfig, &home)?;
+        let cm = dir.path().join("cm.yaml");
+        std::fs::write(
+            &cm,
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: in-etcd}\ndata: {k: v}\n",
+        )?;
+        kubectl(&kubeconfig, &home, &["create", "-f", &cm.to_string_lossy()])?;
+        kubectl(&kubeconfig, &home, &["label", "configmap", "in-etcd", "a=b"])?;
+        drop(server);
+        ensure!(
+            !data.join("store.redb").exists(),
+            "an etcd-backed server opened the embedded store"
+        );
+        let mut server = start_with(&data, port, &["--store", &store])?;
+        wait_ready(&mut server, &kubeconfig, &home)?;
+        let label = kubectl(
+            &kubeconfig,
+            &home,
+            &["get", "configmap", "in-etcd", "-o", "jsonpath={.metadata.labels.a}"],
+        )?;
+        ensure!(label == "b", "the configmap in etcd after a restart: {label:?}");
+        Ok(())
+    };
+    run().expect("controlplane on etcd");
+}
+
+fn need_kubectl() -> Option<String> {
+    let ok = Command::new("kubectl")
+        .args(["version", "--client"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    (!ok).then(|| "kubectl is not installed".to_owned())
+}
+
+#[test]
+fn a_bad_store_option_is_refused_with_what_to_write() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let out = Command::new(keelson_tests::bins::keelson()?)
+        .args(["controlplane", "--data-dir"])
+        .arg(dir.path())
+        .args(["--store", "etcd:127.0.0.1:2379"])
+        .output()?;
+    ensure!(!out.status.success(), "a store URL without a scheme was accepted");
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(err.contains("must start with http://"), "the error: {err}");
     Ok(())
 }

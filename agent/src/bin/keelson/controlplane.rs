@@ -1,17 +1,19 @@
-//! `keelson controlplane --data-dir DIR [--listen ADDR:PORT] [--advertise-address IP]`: the
-//! Kubernetes API server (see [`keelson_controlplane::server`]). Writes `DIR/admin.kubeconfig`
-//! and keeps its CA and credentials in `DIR/pki`, so a restart on the same DIR keeps them.
+//! `keelson controlplane --data-dir DIR [--listen ADDR:PORT] [--advertise-address IP]
+//! [--store embedded|etcd:URL,…]`: the Kubernetes API server (see
+//! [`keelson_controlplane::server`]). Writes `DIR/admin.kubeconfig` and keeps its CA and
+//! credentials in `DIR/pki` and (embedded store) its objects in `DIR/store.redb`, so a restart
+//! on the same DIR keeps them.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use keelson_controlplane::server::{bind, Config};
+use keelson_controlplane::server::{bind, Config, StoreChoice};
 
 /// Arguments of `keelson controlplane`.
 #[derive(Debug, clap::Args)]
 pub struct ControlplaneArgs {
-    /// Where the control plane keeps its credentials (and, later, its store).
+    /// Where the control plane keeps its credentials and its embedded store.
     #[arg(long)]
     data_dir: PathBuf,
     /// The address to serve on (TLS).
@@ -20,6 +22,9 @@ pub struct ControlplaneArgs {
     /// The address clients and nodes should use, when not the listen address.
     #[arg(long)]
     advertise_address: Option<IpAddr>,
+    /// The store: `embedded` (in the data dir) or `etcd:URL[,URL…]`.
+    #[arg(long, default_value = "embedded")]
+    store: StoreChoice,
 }
 
 /// Runs the API server until SIGINT or SIGTERM; returns the exit code.
@@ -34,8 +39,12 @@ pub fn main(args: ControlplaneArgs) -> i32 {
 }
 
 fn run(args: ControlplaneArgs) -> Result<()> {
-    let config =
-        Config { data_dir: args.data_dir, listen: args.listen, advertise: args.advertise_address };
+    let config = Config {
+        data_dir: args.data_dir,
+        listen: args.listen,
+        advertise: args.advertise_address,
+        store: args.store,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
