@@ -17,6 +17,7 @@
 //! - [`strategy`]: per-kind rules of writes (status reset, the `scale` view);
 //! - [`pipeline`]: the write pipeline (decode, patch, field validation, strategy, field
 //!   ownership, store) behind every create, update and patch;
+//! - [`printers`]: `Table`s for `kubectl get` and `PartialObjectMetadata`, by `Accept`;
 //! - [`pki`]: the cluster CA, serving and admin certificates and the admin kubeconfig;
 //! - [`server`]: the HTTP router (axum) and the TLS listener with x509 client-certificate
 //!   authentication.
@@ -34,6 +35,7 @@ pub mod objects;
 pub mod patch;
 pub mod pipeline;
 pub mod pki;
+pub mod printers;
 pub mod registry;
 pub mod rest;
 pub mod schema;

@@ -13,8 +13,11 @@
 //! - Errors are `metav1.Status` bodies with upstream's codes and reasons; warnings are
 //!   `Warning` headers.
 //!
+//! - Reads answer in the representation the `Accept` header asks for: JSON, a `Table` (what
+//!   `kubectl get` prints, see [`printers`](crate::printers)) or `PartialObjectMetadata`.
+//!
 //! Not here yet: watch, the streaming and action subresources, deletecollection, admission and
-//! validation, and table output (kubectl prints names without it).
+//! validation.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,6 +32,7 @@ use serde_json::{json, Value};
 
 use crate::objects::{ApiError, Deleted, ListOptions, Objects, Preconditions, ReadAt};
 use crate::pipeline::{json_body, Outcome, Part, PatchType, WriteOptions, Writer};
+use crate::printers::{self, IncludeObject, Representation};
 use crate::registry::{self, Resource};
 use crate::server::ApiState;
 use crate::strategy::Strategy;
@@ -114,8 +118,10 @@ async fn list(
     State(state): State<Arc<ApiState>>,
     Path(p): Path<Params>,
     Query(q): Query<Params>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let t = target(&p, true)?;
+    let repr = representation(&headers)?;
     let limit = match q.get("limit").filter(|l| !l.is_empty()) {
         None => 0,
         Some(l) => l
@@ -141,24 +147,68 @@ async fn list(
         meta["remainingItemCount"] = json!(n);
     }
     let r = t.resource;
-    let items: Vec<Value> = page.items.into_iter().map(|o| with_type(o, r)).collect();
-    Ok(axum::Json(json!({
-        "kind": format!("{}List", r.gvk.kind),
-        "apiVersion": r.gvk.api_version(),
-        "metadata": meta,
-        "items": items,
-    }))
-    .into_response())
+    match repr {
+        Representation::Table(version) => {
+            let include = IncludeObject::parse(q.get("includeObject").map(String::as_str))?;
+            let table = printers::table(r, &page.items, include, version, meta, chrono::Utc::now());
+            Ok(axum::Json(table).into_response())
+        }
+        Representation::Metadata(version) => {
+            let items: Vec<Value> =
+                page.items.iter().map(|o| printers::partial_metadata(o, version)).collect();
+            Ok(axum::Json(json!({
+                "kind": "PartialObjectMetadataList",
+                "apiVersion": format!("meta.k8s.io/{version}"),
+                "metadata": meta,
+                "items": items,
+            }))
+            .into_response())
+        }
+        Representation::Json => {
+            let items: Vec<Value> = page.items.into_iter().map(|o| with_type(o, r)).collect();
+            Ok(axum::Json(json!({
+                "kind": format!("{}List", r.gvk.kind),
+                "apiVersion": r.gvk.api_version(),
+                "metadata": meta,
+                "items": items,
+            }))
+            .into_response())
+        }
+    }
+}
+
+fn representation(headers: &HeaderMap) -> Result<Representation, ApiError> {
+    printers::negotiate(headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok()))
+}
+
+/// One object as the client asked for it.
+fn one(obj: Value, r: &Resource, repr: Representation, q: &Params) -> Result<Response, ApiError> {
+    let obj = with_type(obj, r);
+    Ok(match repr {
+        Representation::Json => axum::Json(obj).into_response(),
+        Representation::Metadata(version) => {
+            axum::Json(printers::partial_metadata(&obj, version)).into_response()
+        }
+        Representation::Table(version) => {
+            let include = IncludeObject::parse(q.get("includeObject").map(String::as_str))?;
+            let meta = json!({ "resourceVersion": obj["metadata"]["resourceVersion"].clone() });
+            axum::Json(printers::table(r, &[obj], include, version, meta, chrono::Utc::now()))
+                .into_response()
+        }
+    })
 }
 
 async fn read(
     State(state): State<Arc<ApiState>>,
     Path(p): Path<Params>,
+    Query(q): Query<Params>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let t = target(&p, false)?;
+    let repr = representation(&headers)?;
     let name = t.name.unwrap_or_default();
     let obj = objects(&state)?.get(t.resource, t.namespace.as_deref(), &name).await?;
-    Ok(axum::Json(with_type(obj, t.resource)).into_response())
+    one(obj, t.resource, repr, &q)
 }
 
 fn writer<'a>(

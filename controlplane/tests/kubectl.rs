@@ -445,6 +445,43 @@ async fn kubectl_patches_applies_scales_and_labels_with_field_ownership() -> Res
     let cfg = c.get_json(&["configmap", "cfg"]).await?;
     ensure!(cfg["data"] == serde_json::json!({ "a": "x" }), "client-side apply removed c: {cfg:#}");
 
+    // get in every output format; the table columns come from the server's printers.
+    let table = c.ok(&["get", "deployments"]).await?;
+    let header: Vec<&str> = table.lines().next().unwrap_or_default().split_whitespace().collect();
+    ensure!(header == ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"], "table:\n{table}");
+    let row: Vec<&str> = table.lines().nth(1).unwrap_or_default().split_whitespace().collect();
+    // readyReplicas 2 from the status patch above.
+    ensure!(row.get(..4) == Some(&["nginx-deployment", "2/4", "0", "0"][..]), "table:\n{table}");
+    let wide = c.ok(&["get", "deployment", "nginx-deployment", "-o", "wide"]).await?;
+    ensure!(
+        wide.contains("CONTAINERS") && wide.contains("nginx:1.27") && wide.contains("app=nginx"),
+        "wide:\n{wide}"
+    );
+    let labels = c.ok(&["get", "deployments", "--show-labels"]).await?;
+    ensure!(labels.contains("LABELS") && labels.contains("app=nginx"), "labels:\n{labels}");
+    let all_ns = c.ok(&["get", "deployments", "-A"]).await?;
+    ensure!(all_ns.starts_with("NAMESPACE") && all_ns.contains("default"), "-A:\n{all_ns}");
+    let yaml = c.ok(&["get", "deployment", "nginx-deployment", "-o", "yaml"]).await?;
+    ensure!(yaml.contains("kind: Deployment") && yaml.contains("replicas: 4"), "yaml:\n{yaml}");
+    let name = c.ok(&["get", "deployments", "-o", "name"]).await?;
+    ensure!(name.trim() == "deployment.apps/nginx-deployment", "name: {name}");
+    let cols = c
+        .ok(&["get", "deployments", "-o", "custom-columns=N:.metadata.name,R:.spec.replicas"])
+        .await?;
+    ensure!(
+        cols.lines().nth(1).is_some_and(|l| l.split_whitespace().eq(["nginx-deployment", "4"])),
+        "custom-columns:\n{cols}"
+    );
+    let tpl = c
+        .ok(&["get", "deployment", "nginx-deployment", "-o", "go-template={{.spec.replicas}}"])
+        .await?;
+    ensure!(tpl == "4", "go-template: {tpl}");
+    let cms = c.ok(&["get", "configmaps"]).await?;
+    ensure!(
+        cms.lines().next().is_some_and(|h| h.split_whitespace().eq(["NAME", "DATA", "AGE"])),
+        "configmaps:\n{cms}"
+    );
+
     // A server-side dry run of a patch changes nothing.
     c.ok(&[
         "patch",
