@@ -15,6 +15,9 @@
 //! - [`apply`]: the structural merge of server-side apply (list types, map keys, atomic maps);
 //! - [`managed`]: field ownership (`managedFields`) and server-side apply's conflicts;
 //! - [`strategy`]: per-kind rules of writes (status reset, the `scale` view);
+//! - [`admission`]: namespace lifecycle, default tolerations, Service IP and node-port
+//!   allocation;
+//! - [`bootstrap`]: the system namespaces and the `kubernetes` Service at every start;
 //! - [`pipeline`]: the write pipeline (decode, patch, field validation, strategy, field
 //!   ownership, store) behind every create, update and patch;
 //! - [`printers`]: `Table`s for `kubectl get` and `PartialObjectMetadata`, by `Accept`;
@@ -27,7 +30,9 @@
 //!
 //! Limits: no watch, admission, validation or RBAC yet; see each module's docs.
 
+pub mod admission;
 pub mod apply;
+pub mod bootstrap;
 pub mod discovery;
 pub mod fields;
 pub mod managed;

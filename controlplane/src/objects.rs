@@ -26,7 +26,7 @@ use std::sync::Arc;
 use base64::Engine;
 use keelson_store::{
     Compare, CompareOp, CompareTarget, DeleteRequest, KeyRange, PutRequest, RangeRequest, Revision,
-    Store, TxnOp, TxnRequest,
+    Store, TxnOp, TxnOpResponse, TxnRequest,
 };
 use serde_json::{json, Map, Value};
 
@@ -442,14 +442,42 @@ impl Objects {
         &self,
         r: &Resource,
         namespace: Option<&str>,
-        mut obj: Value,
+        obj: Value,
         dry_run: bool,
     ) -> Result<Value> {
-        let ns = self.scope(r, namespace)?;
-        let name = prepare_create(r, ns, &mut obj, None)?;
-        self.commit_create(r, ns, &name, obj, dry_run).await
+        self.create_with(r, namespace, dry_run, &[], |_, _| Ok(obj.clone())).await
     }
 
+    /// Creates the object `build` returns. `build` sees the ranges `reads` (read at one
+    /// revision) and may add [`Effects`], which commit in the same transaction as the object
+    /// and only if their compares hold; when they do not, everything is read and built again.
+    pub async fn create_with<F>(
+        &self,
+        r: &Resource,
+        namespace: Option<&str>,
+        dry_run: bool,
+        reads: &[KeyRange],
+        mut build: F,
+    ) -> Result<Value>
+    where
+        F: FnMut(&Reads, &mut Effects) -> Result<Value> + Send,
+    {
+        let ns = self.scope(r, namespace)?;
+        for _ in 0..UPDATE_ATTEMPTS {
+            let read = self.read_set(reads, 0).await?;
+            let mut effects = Effects::default();
+            let mut obj = build(&read, &mut effects)?;
+            let name = prepare_create(r, ns, &mut obj, None)?;
+            match self.commit_create(r, ns, &name, obj, dry_run, &read, effects).await? {
+                Some(created) => return Ok(created),
+                None => continue,
+            }
+        }
+        Err(ApiError::new(409, "Conflict", "the object's allocations kept changing; try again"))
+    }
+
+    /// Commits a create; `None` when an effect's compare failed (read and build again).
+    #[allow(clippy::too_many_arguments)] // the parts of one transaction
     async fn commit_create(
         &self,
         r: &Resource,
@@ -457,24 +485,30 @@ impl Objects {
         name: &str,
         mut obj: Value,
         dry_run: bool,
-    ) -> Result<Value> {
+        read: &Reads,
+        effects: Effects,
+    ) -> Result<Option<Value>> {
         let k = key(r, ns, name);
         if dry_run {
             return match self.read(&k, 0).await? {
                 Some(_) => Err(already_exists(r, name)),
-                None => Ok(obj),
+                None => Ok(Some(obj)),
             };
         }
-        let txn = TxnRequest::new()
+        let mut txn = TxnRequest::new()
             .when(Compare::new(k.clone(), CompareOp::Equal, CompareTarget::CreateRevision(0)))
-            .then(TxnOp::Put(PutRequest::new(k, encode(&obj)?)));
+            .then(TxnOp::Put(PutRequest::new(k.clone(), encode(&obj)?)))
+            .or_else(TxnOp::Range(RangeRequest::new(KeyRange::key(k.into_bytes())).count_only()));
+        txn = effects.into_txn(txn, read);
         let res = self.store.txn(txn).await?;
         if !res.succeeded {
-            return Err(already_exists(r, name));
+            let exists =
+                matches!(res.responses.first(), Some(TxnOpResponse::Range(r)) if r.count > 0);
+            return if exists { Err(already_exists(r, name)) } else { Ok(None) };
         }
         meta(&mut obj)?
             .insert("resourceVersion".into(), Value::String(res.header_revision.to_string()));
-        Ok(obj)
+        Ok(Some(obj))
     }
 
     /// Reads one object.
@@ -496,7 +530,7 @@ impl Objects {
         dry_run: bool,
     ) -> Result<Value> {
         let written = self
-            .update_with(r, namespace, name, dry_run, |current| match current {
+            .update_with(r, namespace, name, dry_run, &[], |current, _, _| match current {
                 Some(_) => Ok(obj.clone()),
                 None => Err(ApiError::not_found(r, name)),
             })
@@ -507,7 +541,9 @@ impl Objects {
     /// Upstream's `GuaranteedUpdate`: reads the object, lets `change` compute its next state
     /// from the current one (`None` when it does not exist: `change` then either fails or
     /// returns an object to create), and commits that state only if the object is still the
-    /// one `change` saw; otherwise it reads again and calls `change` again.
+    /// one `change` saw; otherwise it reads again and calls `change` again. `change` also sees
+    /// the ranges `reads` and may add [`Effects`], committed with the object (see
+    /// [`Objects::create_with`]).
     ///
     /// A `resourceVersion` in the computed state is a precondition: it must be the current
     /// one, else `409 Conflict` at once (a PUT of a stale object, a patch that sets it).
@@ -519,16 +555,19 @@ impl Objects {
         namespace: Option<&str>,
         name: &str,
         dry_run: bool,
+        reads: &[KeyRange],
         mut change: F,
     ) -> Result<Written>
     where
-        F: FnMut(Option<&Value>) -> Result<Value> + Send,
+        F: FnMut(Option<&Value>, &Reads, &mut Effects) -> Result<Value> + Send,
     {
         let ns = self.scope(r, namespace)?;
         let k = key(r, ns, name);
         for _ in 0..UPDATE_ATTEMPTS {
             let current = self.read(&k, 0).await?;
-            let mut obj = change(current.as_ref().map(|(v, _)| v))?;
+            let read = self.read_set(reads, 0).await?;
+            let mut effects = Effects::default();
+            let mut obj = change(current.as_ref().map(|(v, _)| v), &read, &mut effects)?;
             if meta_str(&obj, "name").is_some_and(|n| n != name) {
                 return Err(ApiError::bad_request(
                     "the name of the object does not match the name on the URL",
@@ -536,11 +575,14 @@ impl Objects {
             }
             let Some((current, revision)) = current else {
                 prepare_create(r, ns, &mut obj, Some(name))?;
-                let object = match self.commit_create(r, ns, name, obj, dry_run).await {
-                    // Someone created it meanwhile: compute the change against theirs.
-                    Err(e) if e.reason == "AlreadyExists" && !dry_run => continue,
-                    other => other?,
-                };
+                let object =
+                    match self.commit_create(r, ns, name, obj, dry_run, &read, effects).await {
+                        // Someone created it meanwhile: compute the change against theirs.
+                        Err(e) if e.reason == "AlreadyExists" && !dry_run => continue,
+                        Ok(None) => continue,
+                        Ok(Some(o)) => o,
+                        Err(e) => return Err(e),
+                    };
                 return Ok(Written { object, created: true });
             };
             let expected = match meta_str(&obj, "resourceVersion").filter(|v| !v.is_empty()) {
@@ -559,7 +601,7 @@ impl Objects {
             let txn = TxnRequest::new()
                 .when(Compare::mod_revision_is(k.clone(), revision))
                 .then(TxnOp::Put(PutRequest::new(k.clone(), encode(&obj)?)));
-            let res = self.store.txn(txn).await?;
+            let res = self.store.txn(effects.into_txn(txn, &read)).await?;
             if !res.succeeded {
                 if expected.is_some() {
                     return Err(conflict(r, name));
@@ -582,74 +624,95 @@ impl Objects {
         pre: &Preconditions,
         dry_run: bool,
     ) -> Result<Deleted> {
+        self.delete_with(r, namespace, name, pre, dry_run, &[], |_, _, _| Ok(())).await
+    }
+
+    /// [`Objects::delete`], with `release` adding the [`Effects`] of the object's removal (it
+    /// sees the ranges `reads`); they commit only when the object really goes, not when it is
+    /// only marked for deletion.
+    #[allow(clippy::too_many_arguments)] // a delete's options plus its read set and effects
+    pub async fn delete_with<F>(
+        &self,
+        r: &Resource,
+        namespace: Option<&str>,
+        name: &str,
+        pre: &Preconditions,
+        dry_run: bool,
+        reads: &[KeyRange],
+        mut release: F,
+    ) -> Result<Deleted>
+    where
+        F: FnMut(&Value, &Reads, &mut Effects) -> Result<()> + Send,
+    {
         let ns = self.scope(r, namespace)?;
         let k = key(r, ns, name);
-        let Some((mut current, revision)) = self.read(&k, 0).await? else {
-            return Err(ApiError::not_found(r, name));
-        };
-        if let Some(uid) = &pre.uid {
-            let actual = meta_str(&current, "uid").unwrap_or_default();
-            if actual != uid {
-                return Err(ApiError::new(
-                    409,
-                    "Conflict",
-                    format!(
-                        "Operation cannot be fulfilled on {} \"{name}\": Precondition failed: UID in precondition: {uid}, UID in object meta: {actual}",
-                        qualified(r)
-                    ),
-                )
-                .about(r, name));
-            }
-        }
-        if let Some(rv) = pre.resource_version {
-            if rv != revision {
-                return Err(ApiError::new(
-                    409,
-                    "Conflict",
-                    format!(
-                        "Operation cannot be fulfilled on {} \"{name}\": Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {revision}",
-                        qualified(r)
-                    ),
-                )
-                .about(r, name));
-            }
-        }
-        let has_finalizers = current
-            .get("metadata")
-            .and_then(|m| m.get("finalizers"))
-            .and_then(Value::as_array)
-            .is_some_and(|f| !f.is_empty());
-        if has_finalizers {
-            let m = meta(&mut current)?;
-            if !m.contains_key("deletionTimestamp") {
-                m.insert("deletionTimestamp".into(), Value::String(now()));
-                m.insert("deletionGracePeriodSeconds".into(), json!(0));
-            }
-            if dry_run {
+        for _ in 0..UPDATE_ATTEMPTS {
+            let Some((mut current, revision)) = self.read(&k, 0).await? else {
+                return Err(ApiError::not_found(r, name));
+            };
+            check_preconditions(r, name, pre, &current, revision)?;
+            let non_empty = |ptr: &str| {
+                current.pointer(ptr).and_then(Value::as_array).is_some_and(|f| !f.is_empty())
+            };
+            // A Namespace waits for its own `spec.finalizers` too (the namespace controller
+            // empties it and removes the content), and says so in its phase.
+            let namespace = r.gvk.kind == "Namespace" && r.gvk.group.is_empty();
+            if non_empty("/metadata/finalizers") || namespace && non_empty("/spec/finalizers") {
+                let m = meta(&mut current)?;
+                if !m.contains_key("deletionTimestamp") {
+                    m.insert("deletionTimestamp".into(), Value::String(now()));
+                    m.insert("deletionGracePeriodSeconds".into(), json!(0));
+                }
+                if namespace {
+                    current["status"]["phase"] = json!("Terminating");
+                }
+                if dry_run {
+                    return Ok(Deleted::Pending(current));
+                }
+                let txn = TxnRequest::new()
+                    .when(Compare::mod_revision_is(k.clone(), revision))
+                    .then(TxnOp::Put(PutRequest::new(k.clone(), encode(&current)?)));
+                let res = self.store.txn(txn).await?;
+                if !res.succeeded {
+                    continue;
+                }
+                meta(&mut current)?.insert(
+                    "resourceVersion".into(),
+                    Value::String(res.header_revision.to_string()),
+                );
                 return Ok(Deleted::Pending(current));
+            }
+            let read = self.read_set(reads, 0).await?;
+            let mut effects = Effects::default();
+            release(&current, &read, &mut effects)?;
+            if dry_run {
+                return Ok(Deleted::Gone(current));
             }
             let txn = TxnRequest::new()
                 .when(Compare::mod_revision_is(k.clone(), revision))
-                .then(TxnOp::Put(PutRequest::new(k, encode(&current)?)));
-            let res = self.store.txn(txn).await?;
+                .then(TxnOp::Delete(DeleteRequest::new(KeyRange::key(k.clone()))));
+            let res = self.store.txn(effects.into_txn(txn, &read)).await?;
             if !res.succeeded {
-                return Err(conflict(r, name));
+                continue;
             }
-            meta(&mut current)?
-                .insert("resourceVersion".into(), Value::String(res.header_revision.to_string()));
-            return Ok(Deleted::Pending(current));
-        }
-        if dry_run {
             return Ok(Deleted::Gone(current));
         }
-        let txn = TxnRequest::new()
-            .when(Compare::mod_revision_is(k.clone(), revision))
-            .then(TxnOp::Delete(DeleteRequest::new(KeyRange::key(k))));
-        let res = self.store.txn(txn).await?;
-        if !res.succeeded {
-            return Err(conflict(r, name));
+        Err(conflict(r, name))
+    }
+
+    /// Reads `ranges` (keys and values) at one revision (`0`: the latest).
+    async fn read_set(&self, ranges: &[KeyRange], at: Revision) -> Result<Reads> {
+        let mut out = Reads::default();
+        let mut at = at;
+        for range in ranges {
+            let res = self.store.range(RangeRequest::new(range.clone()).at(at)).await?;
+            if at == 0 {
+                at = res.header_revision;
+            }
+            out.ranges.push((range.clone(), res.kvs));
         }
-        Ok(Deleted::Gone(current))
+        out.revision = at;
+        Ok(out)
     }
 
     /// Lists `r`'s objects in `namespace` (all namespaces with `None`), one page.
@@ -734,6 +797,121 @@ impl Objects {
             Some(kv) => Ok(Some((decode(&kv.value, kv.mod_revision)?, kv.mod_revision))),
             None => Ok(None),
         }
+    }
+}
+
+fn check_preconditions(
+    r: &Resource,
+    name: &str,
+    pre: &Preconditions,
+    current: &Value,
+    revision: Revision,
+) -> Result<()> {
+    if let Some(uid) = &pre.uid {
+        let actual = meta_str(current, "uid").unwrap_or_default();
+        if actual != uid {
+            return Err(ApiError::new(
+                409,
+                "Conflict",
+                format!(
+                    "Operation cannot be fulfilled on {} \"{name}\": Precondition failed: UID in precondition: {uid}, UID in object meta: {actual}",
+                    qualified(r)
+                ),
+            )
+            .about(r, name));
+        }
+    }
+    if let Some(rv) = pre.resource_version {
+        if rv != revision {
+            return Err(ApiError::new(
+                409,
+                "Conflict",
+                format!(
+                    "Operation cannot be fulfilled on {} \"{name}\": Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {revision}",
+                    qualified(r)
+                ),
+            )
+            .about(r, name));
+        }
+    }
+    Ok(())
+}
+
+/// Ranges read for a write, at one revision: the write's read set. Every key of a range that
+/// a write's [`Effects`] touch is compared in its transaction.
+#[derive(Debug, Clone, Default)]
+pub struct Reads {
+    ranges: Vec<(KeyRange, Vec<keelson_store::KeyValue>)>,
+    revision: Revision,
+}
+
+impl Reads {
+    /// The keys and values read in `range` (one of the ranges asked for).
+    pub fn get(&self, range: &KeyRange) -> &[keelson_store::KeyValue] {
+        self.ranges
+            .iter()
+            .find(|(r, _)| r == range)
+            .map(|(_, kvs)| kvs.as_slice())
+            .unwrap_or_default()
+    }
+
+    /// The `mod_revision` a key had when read; `None` when it was absent (or not read).
+    fn revision_of(&self, key: &[u8]) -> Option<Revision> {
+        self.ranges
+            .iter()
+            .flat_map(|(_, kvs)| kvs)
+            .find(|kv| kv.key == key)
+            .map(|kv| kv.mod_revision)
+    }
+
+    fn covers(&self, key: &[u8]) -> bool {
+        self.ranges.iter().any(|(r, _)| r.contains(key))
+    }
+}
+
+/// Writes that commit atomically with an object (an allocation with its Service, its release
+/// with the Service's deletion).
+#[derive(Debug, Clone, Default)]
+pub struct Effects {
+    puts: Vec<(Vec<u8>, Vec<u8>)>,
+    deletes: Vec<Vec<u8>>,
+}
+
+impl Effects {
+    /// Writes `value` at `key`. If the key lies in a range of the read set, the write commits
+    /// only if the key is still as read (absent, or at the same revision).
+    pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.puts.push((key.into(), value.into()));
+    }
+
+    /// Deletes `key`, under the same condition.
+    pub fn delete(&mut self, key: impl Into<Vec<u8>>) {
+        self.deletes.push(key.into());
+    }
+
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.puts.is_empty() && self.deletes.is_empty()
+    }
+
+    fn into_txn(self, mut txn: TxnRequest, read: &Reads) -> TxnRequest {
+        let keys = self.puts.iter().map(|(k, _)| k).chain(self.deletes.iter());
+        for k in keys {
+            if !read.covers(k) {
+                continue;
+            }
+            txn = txn.when(match read.revision_of(k) {
+                Some(rev) => Compare::mod_revision_is(k.clone(), rev),
+                None => Compare::new(k.clone(), CompareOp::Equal, CompareTarget::CreateRevision(0)),
+            });
+        }
+        for (k, v) in self.puts {
+            txn = txn.then(TxnOp::Put(PutRequest::new(k, v)));
+        }
+        for k in self.deletes {
+            txn = txn.then(TxnOp::Delete(DeleteRequest::new(KeyRange::key(k))));
+        }
+        txn
     }
 }
 

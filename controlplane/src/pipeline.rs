@@ -10,7 +10,9 @@
 //! 4. the kind's [`Strategy`] (status reset on the object, everything but status kept on
 //!    `status`);
 //! 5. field ownership (`managedFields`) for the request's field manager;
-//! 6. the store, through [`Objects::update_with`], which recomputes steps 2–5 against the
+//! 6. [admission](crate::admission) (namespace lifecycle, default tolerations, Service IP and
+//!    node-port allocation, whose keys commit in the write's own transaction);
+//! 7. the store, through [`Objects::update_with`], which recomputes steps 2–6 against the
 //!    newer object when another write wins the race (a patch never needs a retry from the
 //!    client), unless the request named a resourceVersion.
 //!
@@ -20,6 +22,7 @@
 use axum::http::HeaderMap;
 use serde_json::Value;
 
+use crate::admission::Admission;
 use crate::fields::{self, FieldValidation};
 use crate::managed::{self, FieldManager, Manager};
 use crate::objects::{ApiError, Cause, Objects, Result, Written};
@@ -147,6 +150,8 @@ pub struct Writer<'a> {
     pub objects: &'a Objects,
     /// The schema source.
     pub schemas: &'a Schemas,
+    /// The admission chain.
+    pub admission: &'a Admission,
     /// The resource.
     pub resource: &'static Resource,
     /// The namespace, for a namespaced resource.
@@ -292,8 +297,27 @@ impl Writer<'_> {
             &mut obj,
             &self.manager(Part::Object, &time, &api_version),
         );
-        let object =
-            self.objects.create(self.resource, self.namespace, obj, self.options.dry_run).await?;
+        self.admission.check_namespace(self.objects, self.resource, self.namespace).await?;
+        let reads = self.admission.reads(self.resource);
+        let object = self
+            .objects
+            .create_with(
+                self.resource,
+                self.namespace,
+                self.options.dry_run,
+                &reads,
+                |read, effects| {
+                    let mut next = obj.clone();
+                    if let (Some(ns), Some(m)) =
+                        (self.namespace, next.get_mut("metadata").and_then(Value::as_object_mut))
+                    {
+                        m.insert("namespace".into(), Value::String(ns.to_owned()));
+                    }
+                    self.admission.admit(self.resource, None, &mut next, read, effects)?;
+                    Ok(next)
+                },
+            )
+            .await?;
         Ok(Outcome { object, created: true, warnings })
     }
 
@@ -308,17 +332,26 @@ impl Writer<'_> {
         let (time, api_version) = (now(), self.resource.gvk.api_version());
         let who = self.manager(part, &time, &api_version);
         let fm = FieldManager::new(self.schemas);
+        let reads = self.admission.reads(self.resource);
         let written = self
             .objects
-            .update_with(self.resource, self.namespace, name, self.options.dry_run, |current| {
-                let Some(current) = current else {
-                    return Err(ApiError::not_found(self.resource, name));
-                };
-                let mut next = obj.clone();
-                self.reset(part, current, &mut next);
-                fm.update(self.schema(), Some(current), &mut next, &who);
-                Ok(next)
-            })
+            .update_with(
+                self.resource,
+                self.namespace,
+                name,
+                self.options.dry_run,
+                &reads,
+                |current, read, effects| {
+                    let Some(current) = current else {
+                        return Err(ApiError::not_found(self.resource, name));
+                    };
+                    let mut next = obj.clone();
+                    self.reset(part, current, &mut next);
+                    fm.update(self.schema(), Some(current), &mut next, &who);
+                    self.admission.admit(self.resource, Some(current), &mut next, read, effects)?;
+                    Ok(next)
+                },
+            )
             .await?;
         Ok(outcome(written, warnings))
     }
@@ -351,38 +384,71 @@ impl Writer<'_> {
             check_type(&mut config, &self.resource.gvk)?;
             self.validate_fields(&mut config, &mut warnings)?;
             self.restrict_config(part, &mut config);
+            // An apply that creates must respect the namespace's lifecycle.
+            if let Err(e) = self.objects.get(self.resource, self.namespace, name).await {
+                if e.code != 404 {
+                    return Err(e);
+                }
+                self.admission.check_namespace(self.objects, self.resource, self.namespace).await?;
+            }
+            let reads = self.admission.reads(self.resource);
             let written = self
                 .objects
-                .update_with(self.resource, self.namespace, name, self.options.dry_run, |current| {
-                    if current.is_none() && part != Part::Object {
-                        return Err(ApiError::not_found(self.resource, name));
-                    }
-                    let mut next = fm
-                        .apply(self.schema(), current, &config, &who, self.options.force)
-                        .map_err(|e| self.apply_error(name, e))?;
-                    match current {
-                        Some(c) => self.reset(part, c, &mut next),
-                        None => self.strategy().prepare_for_create(&mut next),
-                    }
-                    Ok(next)
-                })
+                .update_with(
+                    self.resource,
+                    self.namespace,
+                    name,
+                    self.options.dry_run,
+                    &reads,
+                    |current, read, effects| {
+                        if current.is_none() && part != Part::Object {
+                            return Err(ApiError::not_found(self.resource, name));
+                        }
+                        let mut next = fm
+                            .apply(self.schema(), current, &config, &who, self.options.force)
+                            .map_err(|e| self.apply_error(name, e))?;
+                        match current {
+                            Some(c) => self.reset(part, c, &mut next),
+                            None => {
+                                self.strategy().prepare_for_create(&mut next);
+                                if let (Some(ns), Some(m)) = (
+                                    self.namespace,
+                                    next.get_mut("metadata").and_then(Value::as_object_mut),
+                                ) {
+                                    m.insert("namespace".into(), Value::String(ns.to_owned()));
+                                }
+                            }
+                        }
+                        self.admission.admit(self.resource, current, &mut next, read, effects)?;
+                        Ok(next)
+                    },
+                )
                 .await?;
             return Ok(outcome(written, warnings));
         }
+        let reads = self.admission.reads(self.resource);
         let written = self
             .objects
-            .update_with(self.resource, self.namespace, name, self.options.dry_run, |current| {
-                let Some(current) = current else {
-                    return Err(ApiError::not_found(self.resource, name));
-                };
-                let mut next = self.patch_value(kind, current, &patch, self.schema(), name)?;
-                check_type(&mut next, &self.resource.gvk)?;
-                warnings.clear();
-                self.validate_fields(&mut next, &mut warnings)?;
-                self.reset(part, current, &mut next);
-                fm.update(self.schema(), Some(current), &mut next, &who);
-                Ok(next)
-            })
+            .update_with(
+                self.resource,
+                self.namespace,
+                name,
+                self.options.dry_run,
+                &reads,
+                |current, read, effects| {
+                    let Some(current) = current else {
+                        return Err(ApiError::not_found(self.resource, name));
+                    };
+                    let mut next = self.patch_value(kind, current, &patch, self.schema(), name)?;
+                    check_type(&mut next, &self.resource.gvk)?;
+                    warnings.clear();
+                    self.validate_fields(&mut next, &mut warnings)?;
+                    self.reset(part, current, &mut next);
+                    fm.update(self.schema(), Some(current), &mut next, &who);
+                    self.admission.admit(self.resource, Some(current), &mut next, read, effects)?;
+                    Ok(next)
+                },
+            )
             .await?;
         Ok(outcome(written, warnings))
     }
@@ -508,16 +574,23 @@ impl Writer<'_> {
         let fm = FieldManager::new(self.schemas);
         let written = self
             .objects
-            .update_with(self.resource, self.namespace, name, self.options.dry_run, |current| {
-                let Some(current) = current else {
-                    return Err(ApiError::not_found(self.resource, name));
-                };
-                let scale = change(&strategy.scale_of(current)?)?;
-                let mut next = strategy.apply_scale(current, &scale)?;
-                strategy.prepare_for_update(current, &mut next);
-                fm.update(self.schema(), Some(current), &mut next, &who);
-                Ok(next)
-            })
+            .update_with(
+                self.resource,
+                self.namespace,
+                name,
+                self.options.dry_run,
+                &[],
+                |current, _, _| {
+                    let Some(current) = current else {
+                        return Err(ApiError::not_found(self.resource, name));
+                    };
+                    let scale = change(&strategy.scale_of(current)?)?;
+                    let mut next = strategy.apply_scale(current, &scale)?;
+                    strategy.prepare_for_update(current, &mut next);
+                    fm.update(self.schema(), Some(current), &mut next, &who);
+                    Ok(next)
+                },
+            )
             .await?;
         let object = strategy.scale_of(&written.object)?;
         Ok(Outcome { object, created: false, warnings: Vec::new() })

@@ -221,6 +221,7 @@ fn writer<'a>(
     Ok(Writer {
         objects: objects(state)?,
         schemas: state.schemas(),
+        admission: state.admission(),
         resource: t.resource,
         namespace: t.namespace.as_deref(),
         options: WriteOptions::parse(q, headers, patch)?,
@@ -376,7 +377,21 @@ async fn delete(
         opts.get("dryRun").and_then(Value::as_array).is_some_and(|a| a.iter().any(|v| v == "All"));
     let dry = dry_run(&q)? || body_dry;
     let r = t.resource;
-    match objects(&state)?.delete(r, t.namespace.as_deref(), &name, &pre, dry).await? {
+    let admission = state.admission();
+    admission.check_delete(r, &name)?;
+    let reads = admission.reads(r);
+    let deleted = objects(&state)?
+        .delete_with(
+            r,
+            t.namespace.as_deref(),
+            &name,
+            &pre,
+            dry,
+            &reads,
+            |current, read, effects| admission.release(r, current, read, effects),
+        )
+        .await?;
+    match deleted {
         Deleted::Pending(obj) => {
             Ok((StatusCode::ACCEPTED, axum::Json(with_type(obj, r))).into_response())
         }

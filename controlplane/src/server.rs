@@ -78,6 +78,13 @@ pub enum Error {
         #[source]
         source: Box<keelson_store::embedded::Error>,
     },
+    /// The system namespaces or the `kubernetes` Service could not be written.
+    #[error("bootstrap the cluster's system objects")]
+    Bootstrap {
+        /// The cause.
+        #[source]
+        source: crate::objects::ApiError,
+    },
     /// The etcd cluster could not be reached.
     #[error("connect to etcd at {}", .endpoints.join(","))]
     Etcd {
@@ -104,6 +111,8 @@ pub struct Config {
     pub advertise: Option<IpAddr>,
     /// Where objects live.
     pub store: StoreChoice,
+    /// The service CIDR and node-port range.
+    pub services: crate::admission::ServiceNetwork,
 }
 
 /// The store backend (`--store embedded|etcd:URL,…`).
@@ -205,6 +214,7 @@ pub struct ApiState {
     openapi_v3: BTreeMap<String, String>,
     server_address: String,
     objects: Option<crate::objects::Objects>,
+    admission: crate::admission::Admission,
 }
 
 impl ApiState {
@@ -225,6 +235,7 @@ impl ApiState {
             openapi_v3,
             server_address,
             objects: None,
+            admission: crate::admission::Admission::default(),
         }
     }
 
@@ -242,6 +253,17 @@ impl ApiState {
     /// The schema source.
     pub fn schemas(&self) -> &Schemas {
         &self.schemas
+    }
+
+    /// The admission chain.
+    pub fn admission(&self) -> &crate::admission::Admission {
+        &self.admission
+    }
+
+    /// The same state with this admission chain (its service network).
+    pub fn with_admission(mut self, admission: crate::admission::Admission) -> ApiState {
+        self.admission = admission;
+        self
     }
 }
 
@@ -424,7 +446,7 @@ pub async fn bind(config: &Config) -> Result<Listener> {
     let pki_dir = config.data_dir.join("pki");
     let pki_err = |source| Error::Pki { dir: pki_dir.clone(), source };
     let pki =
-        Pki::load_or_create(&pki_dir, &pki::server_names(&addresses, pki::DEFAULT_SERVICE_IP))
+        Pki::load_or_create(&pki_dir, &pki::server_names(&addresses, config.services.first_ip()))
             .map_err(pki_err)?;
     let tls = pki.server_config().map_err(pki_err)?;
     let kubeconfig = config.data_dir.join("admin.kubeconfig");
@@ -446,7 +468,12 @@ pub async fn bind(config: &Config) -> Result<Listener> {
         }
     };
     let objects = crate::objects::Objects::new(store);
-    let state = Arc::new(ApiState::new(client.to_string()).with_objects(objects));
+    let state = Arc::new(
+        ApiState::new(client.to_string())
+            .with_objects(objects)
+            .with_admission(crate::admission::Admission { services: config.services.clone() }),
+    );
+    crate::bootstrap::run(&state, client).await.map_err(|source| Error::Bootstrap { source })?;
     tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), kubeconfig = %kubeconfig.display(), "API server listening");
     Ok(Listener { listener, acceptor: TlsAcceptor::from(tls), router: router(state), kubeconfig })
 }
@@ -656,6 +683,7 @@ mod tests {
             listen: "0.0.0.0:6443".parse().unwrap(),
             advertise: None,
             store: StoreChoice::Embedded,
+            services: Default::default(),
         };
         assert_eq!(c.client_address(6443), "127.0.0.1:6443".parse().unwrap());
         let c = Config { advertise: Some("192.0.2.1".parse().unwrap()), ..c };

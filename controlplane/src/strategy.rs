@@ -7,6 +7,8 @@
 //!   the stored one. Writes to `status` change only the status: everything else, metadata
 //!   included (its labels, annotations, finalizers, owners), is kept from the stored object;
 //!   only `managedFields` follows the request, as upstream's `ResetObjectMetaForStatus`.
+//! - A Namespace is created with the `kubernetes` finalizer in `spec.finalizers`, so deleting
+//!   it only marks it `Terminating` until the namespace controller has removed its content.
 //! - Nodes keep the status they are created with (the agent registers its Node with one), as
 //!   upstream's node strategy does.
 //! - `scale` (Deployments, ReplicaSets, StatefulSets) is an `autoscaling/v1` `Scale`:
@@ -43,6 +45,15 @@ impl Strategy {
 
     /// Readies a new object: its status starts as the kind's initial one.
     pub fn prepare_for_create(&self, obj: &mut Value) {
+        if self.resource.gvk.kind == "Namespace" {
+            // The namespace controller's finalizer: content goes before the namespace does.
+            if let Some(o) = obj.as_object_mut() {
+                let spec = o.entry("spec").or_insert_with(|| json!({}));
+                if spec.get("finalizers").is_none() {
+                    spec["finalizers"] = json!(["kubernetes"]);
+                }
+            }
+        }
         if !self.has_status() || self.resource.gvk.kind == "Node" {
             return;
         }

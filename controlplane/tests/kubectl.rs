@@ -73,6 +73,7 @@ impl Cluster {
             listen: "127.0.0.1:0".parse()?,
             advertise: None,
             store: Default::default(),
+            services: Default::default(),
         };
         let listener = bind(&config).await?;
         let kubeconfig = listener.kubeconfig().to_owned();
@@ -494,5 +495,114 @@ async fn kubectl_patches_applies_scales_and_labels_with_field_ownership() -> Res
     ])
     .await?;
     ensure!(c.get_json(&deploy).await?["spec"]["replicas"] == 4, "a dry-run patch was stored");
+    c.stop().await
+}
+
+const NGINX_SERVICE: &str = "apiVersion: v1
+kind: Service
+metadata:
+  name: my-nginx-svc
+  labels: {app: nginx}
+spec:
+  type: NodePort
+  ports:
+  - port: 80
+  selector: {app: nginx}
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_sees_system_namespaces_the_kubernetes_service_and_allocated_services() -> Result<()>
+{
+    let Some(c) = Cluster::start(
+        "kubectl_sees_system_namespaces_the_kubernetes_service_and_allocated_services",
+    )
+    .await?
+    else {
+        return Ok(());
+    };
+    let ns = c
+        .ok(&[
+            "get",
+            "namespaces",
+            "-o",
+            "custom-columns=N:.metadata.name,P:.status.phase",
+            "--no-headers",
+        ])
+        .await?;
+    let mut ns: Vec<String> =
+        ns.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
+    ns.sort();
+    ensure!(
+        ns == [
+            "default Active",
+            "kube-node-lease Active",
+            "kube-public Active",
+            "kube-system Active"
+        ],
+        "namespaces: {ns:?}"
+    );
+    let svc = c.get_json(&["service", "kubernetes"]).await?;
+    ensure!(svc["spec"]["clusterIP"] == "10.96.0.1", "kubernetes service: {svc:#}");
+    let slice = c.get_json(&["endpointslice", "kubernetes"]).await?;
+    ensure!(slice["endpoints"][0]["addresses"][0] == "127.0.0.1", "endpointslice: {slice:#}");
+    let ep = c.get_json(&["endpoints", "kubernetes"]).await?;
+    ensure!(ep["subsets"][0]["addresses"][0]["ip"] == "127.0.0.1", "endpoints: {ep:#}");
+
+    // The docs' Service: a ClusterIP from 10.96.0.0/12 and a node port from 30000-32767.
+    let m = c.manifest("svc.yaml", NGINX_SERVICE)?;
+    c.ok(&["apply", "-f", &m]).await?;
+    let s = c.get_json(&["service", "my-nginx-svc"]).await?;
+    let ip: std::net::Ipv4Addr = s["spec"]["clusterIP"].as_str().unwrap_or_default().parse()?;
+    ensure!(
+        ip.octets()[0] == 10
+            && (96..112).contains(&ip.octets()[1])
+            && ip != std::net::Ipv4Addr::new(10, 96, 0, 1),
+        "clusterIP {ip}"
+    );
+    let node_port = s["spec"]["ports"][0]["nodePort"].as_i64().unwrap_or_default();
+    ensure!((30000..=32767).contains(&node_port), "nodePort {node_port}");
+    let table = c.ok(&["get", "service", "my-nginx-svc"]).await?;
+    ensure!(
+        table.contains("NodePort") && table.contains(&format!("80:{node_port}/TCP")),
+        "table:\n{table}"
+    );
+    // A second apply (unchanged) keeps both; a taken node port is refused.
+    c.ok(&["apply", "-f", &m]).await?;
+    ensure!(
+        c.get_json(&["service", "my-nginx-svc"]).await?["spec"] == s["spec"],
+        "re-apply moved the allocations"
+    );
+    let clash = c.manifest(
+        "clash.yaml",
+        &NGINX_SERVICE
+            .replace("my-nginx-svc", "clash")
+            .replace("- port: 80", &format!("- port: 80\n    nodePort: {node_port}")),
+    )?;
+    let err = c.fails(&["create", "-f", &clash]).await?;
+    ensure!(err.contains("provided port is already allocated"), "clash: {err}");
+
+    // Namespace lifecycle.
+    let err = c.fails(&["delete", "namespace", "default"]).await?;
+    ensure!(err.contains("may not be deleted"), "delete default: {err}");
+    let doomed = c.manifest("doomed.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: doomed}\n")?;
+    c.ok(&["create", "-f", &doomed]).await?;
+    c.ok(&["delete", "namespace", "doomed", "--wait=false"]).await?;
+    let phase = c.ok(&["get", "namespace", "doomed", "-o", "jsonpath={.status.phase}"]).await?;
+    ensure!(phase == "Terminating", "phase: {phase}");
+    let cm = c.manifest(
+        "cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: late, namespace: doomed}\n",
+    )?;
+    let err = c.fails(&["create", "-f", &cm]).await?;
+    ensure!(err.contains("being terminated"), "create in a terminating namespace: {err}");
+    let nowhere = c.manifest(
+        "cm2.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: lost, namespace: nowhere}\n",
+    )?;
+    let err = c.fails(&["create", "-f", &nowhere]).await?;
+    ensure!(
+        err.contains("namespaces \"nowhere\" not found"),
+        "create in a missing namespace: {err}"
+    );
     c.stop().await
 }

@@ -1,5 +1,5 @@
 //! `keelson controlplane --data-dir DIR [--listen ADDR:PORT] [--advertise-address IP]
-//! [--store embedded|etcd:URL,…]`: the Kubernetes API server (see
+//! [--store embedded|etcd:URL,…] [--service-cidr CIDR] [--service-node-port-range A-B]`: the Kubernetes API server (see
 //! [`keelson_controlplane::server`]). Writes `DIR/admin.kubeconfig` and keeps its CA and
 //! credentials in `DIR/pki` and (embedded store) its objects in `DIR/store.redb`, so a restart
 //! on the same DIR keeps them.
@@ -8,6 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use keelson_controlplane::admission::ServiceNetwork;
 use keelson_controlplane::server::{bind, Config, StoreChoice};
 
 /// Arguments of `keelson controlplane`.
@@ -25,6 +26,17 @@ pub struct ControlplaneArgs {
     /// The store: `embedded` (in the data dir) or `etcd:URL[,URL…]`.
     #[arg(long, default_value = "embedded")]
     store: StoreChoice,
+    /// Services' ClusterIPs come from this CIDR; its first address is the `kubernetes`
+    /// Service's.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    service_cidr: ipnet::IpNet,
+    /// Services' node ports come from this range.
+    #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
+    service_node_port_range: std::ops::RangeInclusive<u16>,
+}
+
+fn parse_port_range(s: &str) -> std::result::Result<std::ops::RangeInclusive<u16>, String> {
+    keelson_controlplane::admission::parse_port_range(s)
 }
 
 /// Runs the API server until SIGINT or SIGTERM; returns the exit code.
@@ -44,6 +56,10 @@ fn run(args: ControlplaneArgs) -> Result<()> {
         listen: args.listen,
         advertise: args.advertise_address,
         store: args.store,
+        services: ServiceNetwork {
+            cidr: args.service_cidr,
+            node_ports: args.service_node_port_range,
+        },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
