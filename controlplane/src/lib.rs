@@ -18,9 +18,11 @@
 //! - [`admission`]: namespace lifecycle, default tolerations, Service IP and node-port
 //!   allocation;
 //! - [`bootstrap`]: the system namespaces and the `kubernetes` Service at every start;
+//! - [`defaults`]: upstream's `SetDefaults_*` for the served kinds;
 //! - [`pipeline`]: the write pipeline (decode, patch, field validation, strategy, field
 //!   ownership, store) behind every create, update and patch;
 //! - [`printers`]: `Table`s for `kubectl get` and `PartialObjectMetadata`, by `Accept`;
+//! - [`proto`]: Kubernetes protobuf request bodies (kubectl's generators) decoded to JSON;
 //! - [`pki`]: the cluster CA, serving and admin certificates and the admin kubeconfig;
 //! - [`server`]: the HTTP router (axum) and the TLS listener with x509 client-certificate
 //!   authentication.
@@ -33,6 +35,7 @@
 pub mod admission;
 pub mod apply;
 pub mod bootstrap;
+pub mod defaults;
 pub mod discovery;
 pub mod fields;
 pub mod managed;
@@ -41,6 +44,7 @@ pub mod patch;
 pub mod pipeline;
 pub mod pki;
 pub mod printers;
+pub mod proto;
 pub mod registry;
 pub mod rest;
 pub mod schema;

@@ -7,7 +7,7 @@
 //!    ([`crate::patch`]) or server-side apply ([`crate::managed`]);
 //! 3. unknown fields per `fieldValidation` (Strict refuses, Warn drops them with a `Warning`,
 //!    Ignore drops them; kubectl asks for Strict);
-//! 4. the kind's [`Strategy`] (status reset on the object, everything but status kept on
+//! 4. [defaults](crate::defaults) (after the merge, for apply), then the kind's [`Strategy`] (status reset on the object, everything but status kept on
 //!    `status`);
 //! 5. field ownership (`managedFields`) for the request's field manager;
 //! 6. [admission](crate::admission) (namespace lifecycle, default tolerations, Service IP and
@@ -230,6 +230,27 @@ pub fn check_type(obj: &mut Value, gvk: &Gvk) -> Result<()> {
     Ok(())
 }
 
+/// Decodes an object body by its `Content-Type`: JSON (the default), YAML, or Kubernetes
+/// protobuf (kubectl's generators); `415` for anything else.
+pub fn decode_body(headers: &HeaderMap, body: &[u8], schemas: &Schemas) -> Result<Value> {
+    let ct = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let media = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    match media.as_str() {
+        "" | "application/json" | "*/*" => json_body(body),
+        "application/yaml" => serde_yaml_ng::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("the request body is not valid YAML: {e}"))),
+        crate::proto::CONTENT_TYPE => crate::proto::decode(body, schemas)
+            .map_err(|e| ApiError::bad_request(format!("the protobuf request body: {e}"))),
+        _ => Err(ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format ({media:?}) - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf"
+            ),
+        )),
+    }
+}
+
 /// Decodes a JSON body.
 pub fn json_body(body: &[u8]) -> Result<Value> {
     serde_json::from_slice(body)
@@ -286,6 +307,7 @@ impl Writer<'_> {
         check_type(&mut obj, &self.resource.gvk)?;
         let mut warnings = Vec::new();
         self.validate_fields(&mut obj, &mut warnings)?;
+        crate::defaults::apply(self.resource, &mut obj);
         self.strategy().prepare_for_create(&mut obj);
         let (time, api_version) = (now(), self.resource.gvk.api_version());
         if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -346,6 +368,7 @@ impl Writer<'_> {
                         return Err(ApiError::not_found(self.resource, name));
                     };
                     let mut next = obj.clone();
+                    crate::defaults::apply(self.resource, &mut next);
                     self.reset(part, current, &mut next);
                     fm.update(self.schema(), Some(current), &mut next, &who);
                     self.admission.admit(self.resource, Some(current), &mut next, read, effects)?;
@@ -407,6 +430,7 @@ impl Writer<'_> {
                         let mut next = fm
                             .apply(self.schema(), current, &config, &who, self.options.force)
                             .map_err(|e| self.apply_error(name, e))?;
+                        crate::defaults::apply(self.resource, &mut next);
                         match current {
                             Some(c) => self.reset(part, c, &mut next),
                             None => {
@@ -443,6 +467,7 @@ impl Writer<'_> {
                     check_type(&mut next, &self.resource.gvk)?;
                     warnings.clear();
                     self.validate_fields(&mut next, &mut warnings)?;
+                    crate::defaults::apply(self.resource, &mut next);
                     self.reset(part, current, &mut next);
                     fm.update(self.schema(), Some(current), &mut next, &who);
                     self.admission.admit(self.resource, Some(current), &mut next, read, effects)?;

@@ -31,7 +31,7 @@ use axum::Router;
 use serde_json::{json, Value};
 
 use crate::objects::{ApiError, Deleted, ListOptions, Objects, Preconditions, ReadAt};
-use crate::pipeline::{json_body, Outcome, Part, PatchType, WriteOptions, Writer};
+use crate::pipeline::{decode_body, Outcome, Part, PatchType, WriteOptions, Writer};
 use crate::printers::{self, IncludeObject, Representation};
 use crate::registry::{self, Resource};
 use crate::server::ApiState;
@@ -252,7 +252,7 @@ async fn create(
 ) -> Result<Response, ApiError> {
     let t = target(&p, false)?;
     let w = writer(&state, &t, &q, &headers, None)?;
-    let out = w.create(json_body(&body)?).await?;
+    let out = w.create(decode_body(&headers, &body, state.schemas())?).await?;
     Ok(written(out, t.resource, Part::Object))
 }
 
@@ -340,7 +340,7 @@ async fn write_part(
     let name = t.name.clone().unwrap_or_default();
     let w = writer(state, &t, q, headers, patch)?;
     let out = match patch {
-        None => w.update(&name, part, json_body(body)?).await?,
+        None => w.update(&name, part, decode_body(headers, body, state.schemas())?).await?,
         Some(kind) => w.patch(&name, part, kind, body).await?,
     };
     Ok(written(out, t.resource, part))
@@ -350,17 +350,14 @@ async fn delete(
     State(state): State<Arc<ApiState>>,
     Path(p): Path<Params>,
     Query(q): Query<Params>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let t = target(&p, false)?;
     let name = t.name.unwrap_or_default();
     // DeleteOptions in the body (kubectl sends one): preconditions and dryRun.
-    let opts: Value = if body.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("the DeleteOptions are not JSON: {e}")))?
-    };
+    let opts: Value =
+        if body.is_empty() { Value::Null } else { decode_body(&headers, &body, state.schemas())? };
     let pre = Preconditions {
         uid: opts.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_owned),
         resource_version: match opts

@@ -59,7 +59,10 @@ impl Strategy {
         }
         let Some(o) = obj.as_object_mut() else { return };
         let initial = match self.resource.gvk.kind {
-            "Pod" => json!({ "phase": "Pending" }),
+            "Pod" => json!({
+                "phase": "Pending",
+                "qosClass": crate::defaults::qos_class(o.get("spec").unwrap_or(&Value::Null)),
+            }),
             "Namespace" => json!({ "phase": "Active" }),
             _ => Value::Object(Map::new()),
         };
@@ -211,7 +214,7 @@ mod tests {
     fn creates_start_with_the_initial_status_except_nodes() {
         let mut pod = json!({ "spec": {}, "status": { "phase": "Running", "podIP": "1.2.3.4" } });
         of("", "pods").prepare_for_create(&mut pod);
-        assert_eq!(pod["status"], json!({ "phase": "Pending" }));
+        assert_eq!(pod["status"], json!({ "phase": "Pending", "qosClass": "BestEffort" }));
         let mut node = json!({ "status": { "capacity": { "cpu": "2" } } });
         of("", "nodes").prepare_for_create(&mut node);
         assert_eq!(node["status"]["capacity"]["cpu"], "2");

@@ -483,6 +483,60 @@ async fn kubectl_patches_applies_scales_and_labels_with_field_ownership() -> Res
         "configmaps:\n{cms}"
     );
 
+    // kubectl's generators send their objects as protobuf.
+    c.ok(&["create", "deployment", "gen", "--image=busybox:1.36", "--replicas=0", "--port=8080"])
+        .await?;
+    let g = c.get_json(&["deployment", "gen"]).await?;
+    ensure!(g["spec"]["replicas"] == 0, "replicas 0 survives protobuf: {g:#}");
+    let gc = &g["spec"]["template"]["spec"]["containers"][0];
+    ensure!(gc["image"] == "busybox:1.36" && gc["ports"][0]["containerPort"] == 8080, "{g:#}");
+    ensure!(
+        g["spec"]["strategy"]["rollingUpdate"].is_null() || g["spec"]["strategy"].is_object(),
+        "{g:#}"
+    );
+    c.ok(&["create", "configmap", "gen-cm", "--from-literal=k=v"]).await?;
+    ensure!(
+        c.get_json(&["configmap", "gen-cm"]).await?["data"] == serde_json::json!({ "k": "v" }),
+        "configmap"
+    );
+    c.ok(&["create", "secret", "generic", "gen-secret", "--from-literal=password=hunter2"]).await?;
+    let sec = c.get_json(&["secret", "gen-secret"]).await?;
+    ensure!(
+        sec["data"]["password"] == "aHVudGVyMg==" && sec["type"] == "Opaque",
+        "secret: {sec:#}"
+    );
+    c.ok(&["create", "service", "clusterip", "gen-svc", "--tcp=80:8080"]).await?;
+    let svc = c.get_json(&["service", "gen-svc"]).await?;
+    ensure!(
+        svc["spec"]["ports"][0]["targetPort"] == 8080 && svc["spec"]["clusterIP"].is_string(),
+        "service: {svc:#}"
+    );
+    c.ok(&["create", "serviceaccount", "gen-sa"]).await?;
+    c.ok(&["create", "role", "gen-role", "--verb=get", "--resource=pods"]).await?;
+    let role = c.get_json(&["role", "gen-role"]).await?;
+    ensure!(role["rules"][0]["verbs"] == serde_json::json!(["get"]), "role: {role:#}");
+    c.ok(&["run", "gen-pod", "--image=busybox:1.36", "--restart=Never", "--", "sleep", "1"])
+        .await?;
+    let pod = c.get_json(&["pod", "gen-pod"]).await?;
+    ensure!(
+        pod["spec"]["containers"][0]["args"] == serde_json::json!(["sleep", "1"])
+            && pod["spec"]["restartPolicy"] == "Never",
+        "pod: {pod:#}"
+    );
+    c.ok(&["create", "job", "gen-job", "--image=busybox:1.36", "--", "true"]).await?;
+    c.ok(&[
+        "create",
+        "cronjob",
+        "gen-cron",
+        "--image=busybox:1.36",
+        "--schedule=*/5 * * * *",
+        "--",
+        "true",
+    ])
+    .await?;
+    let cron = c.get_json(&["cronjob", "gen-cron"]).await?;
+    ensure!(cron["spec"]["schedule"] == "*/5 * * * *", "cronjob: {cron:#}");
+
     // A server-side dry run of a patch changes nothing.
     c.ok(&[
         "patch",
@@ -584,8 +638,8 @@ async fn kubectl_sees_system_namespaces_the_kubernetes_service_and_allocated_ser
     // Namespace lifecycle.
     let err = c.fails(&["delete", "namespace", "default"]).await?;
     ensure!(err.contains("may not be deleted"), "delete default: {err}");
-    let doomed = c.manifest("doomed.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: doomed}\n")?;
-    c.ok(&["create", "-f", &doomed]).await?;
+    // kubectl's generators send protobuf.
+    c.ok(&["create", "namespace", "doomed"]).await?;
     c.ok(&["delete", "namespace", "doomed", "--wait=false"]).await?;
     let phase = c.ok(&["get", "namespace", "doomed", "-o", "jsonpath={.status.phase}"]).await?;
     ensure!(phase == "Terminating", "phase: {phase}");

@@ -230,6 +230,11 @@ impl Schemas {
         self.definitions.get(name)
     }
 
+    /// Every definition, by name.
+    pub fn definitions(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.definitions.iter().map(|(n, d)| (n.as_str(), d))
+    }
+
     /// The definition of a kind.
     pub fn for_kind(&self, gvk: &Gvk) -> Option<&Value> {
         let (_, name) = self.kinds.iter().find(|(k, _)| k == gvk)?;
