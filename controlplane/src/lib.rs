@@ -23,6 +23,7 @@
 //!   ownership, store) behind every create, update and patch;
 //! - [`printers`]: `Table`s for `kubectl get` and `PartialObjectMetadata`, by `Accept`;
 //! - [`proto`]: Kubernetes protobuf request bodies (kubectl's generators) decoded to JSON;
+//! - [`pods`]: Pod binding and eviction (PodDisruptionBudgets), streaming placeholders;
 //! - [`pki`]: the cluster CA, serving and admin certificates and the admin kubeconfig;
 //! - [`server`]: the HTTP router (axum) and the TLS listener with x509 client-certificate
 //!   authentication.
@@ -43,6 +44,7 @@ pub mod objects;
 pub mod patch;
 pub mod pipeline;
 pub mod pki;
+pub mod pods;
 pub mod printers;
 pub mod proto;
 pub mod registry;

@@ -274,7 +274,8 @@ pub fn prefix(r: &Resource, namespace: Option<&str>) -> String {
     p
 }
 
-fn key(r: &Resource, namespace: Option<&str>, name: &str) -> String {
+/// The key of one object.
+pub fn key(r: &Resource, namespace: Option<&str>, name: &str) -> String {
     format!("{}{name}", prefix(r, namespace))
 }
 
@@ -320,7 +321,7 @@ fn meta_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
 }
 
 /// The object as stored: without its resourceVersion.
-fn encode(obj: &Value) -> Result<Vec<u8>> {
+pub fn encode(obj: &Value) -> Result<Vec<u8>> {
     let mut o = obj.clone();
     if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
         m.remove("resourceVersion");

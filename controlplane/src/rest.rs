@@ -16,7 +16,10 @@
 //! - Reads answer in the representation the `Accept` header asks for: JSON, a `Table` (what
 //!   `kubectl get` prints, see [`printers`](crate::printers)) or `PartialObjectMetadata`.
 //!
-//! Not here yet: watch, the streaming and action subresources, deletecollection, admission and
+//! - Pod actions: `binding`, `eviction` ([`pods`](crate::pods)); the streaming subresources
+//!   answer 503 until the node tunnel exists.
+//!
+//! Not here yet: watch, deletecollection, admission and
 //! validation.
 
 use std::collections::HashMap;
@@ -42,7 +45,7 @@ type Params = HashMap<String, String>;
 /// The object routes, to be merged into the API router.
 pub fn routes() -> Router<Arc<ApiState>> {
     let object = || get(read).put(update).patch(patch).delete(delete);
-    let sub = || get(read_sub).put(update_sub).patch(patch_sub);
+    let sub = || get(read_sub).put(update_sub).patch(patch_sub).post(create_sub);
     Router::new()
         .route("/api/v1/{resource}", get(list).post(create))
         .route("/api/v1/{resource}/{name}", object())
@@ -287,11 +290,63 @@ fn sub_part(t: &Target, p: &Params) -> Result<Part, ApiError> {
     Part::of(t.resource, p.get("sub").map(String::as_str))
 }
 
+/// The streaming subresources of pods (`exec`, `attach`, `portforward` also arrive as GET
+/// when upgraded).
+const STREAMING: &[&str] = &["log", "exec", "attach", "portforward"];
+
+fn pod_action<'a>(t: &'a Target, p: &'a Params) -> Option<(&'a str, &'a str, &'a str)> {
+    let sub = p.get("sub")?.as_str();
+    (t.resource.gvk.kind == "Pod" && t.resource.gvk.group.is_empty())
+        .then(|| Some((t.namespace.as_deref()?, t.name.as_deref()?, sub)))
+        .flatten()
+}
+
+async fn create_sub(
+    State(state): State<Arc<ApiState>>,
+    Path(p): Path<Params>,
+    Query(q): Query<Params>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let t = target(&p, false)?;
+    let objects = objects(&state)?;
+    let dry = dry_run(&q)?;
+    let Some((ns, name, sub)) = pod_action(&t, &p) else {
+        return Err(ApiError::new(
+            405,
+            "MethodNotAllowed",
+            "POST is not supported on this subresource",
+        ));
+    };
+    let status = match sub {
+        "binding" => {
+            let body = decode_body(&headers, &body, state.schemas())?;
+            crate::pods::bind(objects, ns, name, &body, dry).await?
+        }
+        "eviction" => {
+            let body = decode_body(&headers, &body, state.schemas())?;
+            crate::pods::evict(objects, ns, name, &body, dry).await?
+        }
+        s if STREAMING.contains(&s) => crate::pods::stream(objects, ns, name, s).await?,
+        _ => {
+            return Err(ApiError::new(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            ))
+        }
+    };
+    Ok((StatusCode::CREATED, axum::Json(status)).into_response())
+}
+
 async fn read_sub(
     State(state): State<Arc<ApiState>>,
     Path(p): Path<Params>,
 ) -> Result<Response, ApiError> {
     let t = target(&p, false)?;
+    if let Some((ns, name, sub)) = pod_action(&t, &p).filter(|(_, _, s)| STREAMING.contains(s)) {
+        crate::pods::stream(objects(&state)?, ns, name, sub).await?;
+    }
     let part = sub_part(&t, &p)?;
     let name = t.name.clone().unwrap_or_default();
     let obj = objects(&state)?.get(t.resource, t.namespace.as_deref(), &name).await?;
