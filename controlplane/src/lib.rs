@@ -25,6 +25,7 @@
 //! - [`proto`]: Kubernetes protobuf request bodies (kubectl's generators) decoded to JSON;
 //! - [`pods`]: Pod binding and eviction (PodDisruptionBudgets), streaming placeholders;
 //! - [`pki`]: the cluster CA, serving and admin certificates and the admin kubeconfig;
+//! - [`snapshot`]: `snapshot save|restore` of the embedded store;
 //! - [`server`]: the HTTP router (axum) and the TLS listener with x509 client-certificate
 //!   authentication.
 //!
@@ -51,6 +52,7 @@ pub mod registry;
 pub mod rest;
 pub mod schema;
 pub mod server;
+pub mod snapshot;
 pub mod strategy;
 
 /// The Kubernetes version whose API this server implements (k8s-openapi's `v1_33`).

@@ -215,6 +215,7 @@ pub struct ApiState {
     server_address: String,
     objects: Option<crate::objects::Objects>,
     admission: crate::admission::Admission,
+    snapshots: Option<Arc<keelson_store::embedded::EmbeddedStore>>,
 }
 
 impl ApiState {
@@ -236,6 +237,7 @@ impl ApiState {
             server_address,
             objects: None,
             admission: crate::admission::Admission::default(),
+            snapshots: None,
         }
     }
 
@@ -253,6 +255,15 @@ impl ApiState {
     /// The schema source.
     pub fn schemas(&self) -> &Schemas {
         &self.schemas
+    }
+
+    /// The same state serving snapshots of this embedded store.
+    pub fn with_snapshots(
+        mut self,
+        store: Arc<keelson_store::embedded::EmbeddedStore>,
+    ) -> ApiState {
+        self.snapshots = Some(store);
+        self
     }
 
     /// The admission chain.
@@ -288,10 +299,29 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/openapi/v2", get(openapi_v2))
         .route("/openapi/v3", get(openapi_v3_index))
         .route("/openapi/v3/{*path}", get(openapi_v3))
+        .route(crate::snapshot::PATH, get(snapshot))
         .merge(crate::rest::routes())
         .fallback(|| async { ApiError::NotFound("no such path".to_owned()) })
         .layer(middleware::from_fn(authenticate))
         .with_state(state)
+}
+
+/// `GET /keelson/v1/snapshot`: a consistent copy of the embedded store.
+async fn snapshot(axum::extract::State(state): axum::extract::State<Arc<ApiState>>) -> Response {
+    let Some(store) = &state.snapshots else {
+        return crate::objects::ApiError::new(
+            501,
+            "NotImplemented",
+            "this control plane keeps its objects in etcd: use etcdctl snapshot save",
+        )
+        .into_response();
+    };
+    match crate::snapshot::serve(store).await {
+        Ok(body) => {
+            ([(http::header::CONTENT_TYPE, "application/octet-stream")], body).into_response()
+        }
+        Err(e) => crate::objects::ApiError::internal(format!("snapshot: {e:#}")).into_response(),
+    }
 }
 
 async fn authenticate(
@@ -451,13 +481,16 @@ pub async fn bind(config: &Config) -> Result<Listener> {
     let tls = pki.server_config().map_err(pki_err)?;
     let kubeconfig = config.data_dir.join("admin.kubeconfig");
     write_kubeconfig(&pki, &kubeconfig, &format!("https://{client}"))?;
+    let mut embedded = None;
     let store: Arc<dyn keelson_store::Store> = match &config.store {
         StoreChoice::Embedded => {
             let path = config.data_dir.join("store.redb");
             let store = keelson_store::embedded::EmbeddedStore::open(&path, Default::default())
                 .await
                 .map_err(|source| Error::Store { path: path.clone(), source: Box::new(source) })?;
-            Arc::new(store)
+            let store = Arc::new(store);
+            embedded = Some(store.clone());
+            store
         }
         StoreChoice::Etcd(endpoints) => {
             let store =
@@ -468,11 +501,13 @@ pub async fn bind(config: &Config) -> Result<Listener> {
         }
     };
     let objects = crate::objects::Objects::new(store);
-    let state = Arc::new(
-        ApiState::new(client.to_string())
-            .with_objects(objects)
-            .with_admission(crate::admission::Admission { services: config.services.clone() }),
-    );
+    let mut state = ApiState::new(client.to_string())
+        .with_objects(objects)
+        .with_admission(crate::admission::Admission { services: config.services.clone() });
+    if let Some(e) = embedded {
+        state = state.with_snapshots(e);
+    }
+    let state = Arc::new(state);
     crate::bootstrap::run(&state, client).await.map_err(|source| Error::Bootstrap { source })?;
     tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), kubeconfig = %kubeconfig.display(), "API server listening");
     Ok(Listener { listener, acceptor: TlsAcceptor::from(tls), router: router(state), kubeconfig })

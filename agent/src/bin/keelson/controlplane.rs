@@ -3,6 +3,10 @@
 //! [`keelson_controlplane::server`]). Writes `DIR/admin.kubeconfig` and keeps its CA and
 //! credentials in `DIR/pki` and (embedded store) its objects in `DIR/store.redb`, so a restart
 //! on the same DIR keeps them.
+//!
+//! `keelson controlplane snapshot save FILE --data-dir DIR` and `… snapshot restore FILE
+//! --data-dir DIR` copy the embedded store out and back (see
+//! [`keelson_controlplane::snapshot`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -15,8 +19,11 @@ use keelson_controlplane::server::{bind, Config, StoreChoice};
 #[derive(Debug, clap::Args)]
 pub struct ControlplaneArgs {
     /// Where the control plane keeps its credentials and its embedded store.
-    #[arg(long)]
-    data_dir: PathBuf,
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// A maintenance command instead of serving.
+    #[command(subcommand)]
+    command: Option<Command>,
     /// The address to serve on (TLS).
     #[arg(long, default_value = "127.0.0.1:6443")]
     listen: SocketAddr,
@@ -35,6 +42,29 @@ pub struct ControlplaneArgs {
     service_node_port_range: std::ops::RangeInclusive<u16>,
 }
 
+/// Maintenance commands.
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Save or restore the embedded store.
+    #[command(subcommand)]
+    Snapshot(Snapshot),
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Snapshot {
+    /// Write a consistent copy of the store to FILE (from the running server, or from the
+    /// data dir when none runs).
+    Save {
+        /// The snapshot file to create.
+        file: PathBuf,
+    },
+    /// Replace the stopped server's store with FILE (the current one is kept beside it).
+    Restore {
+        /// The snapshot file.
+        file: PathBuf,
+    },
+}
+
 fn parse_port_range(s: &str) -> std::result::Result<std::ops::RangeInclusive<u16>, String> {
     keelson_controlplane::admission::parse_port_range(s)
 }
@@ -51,8 +81,12 @@ pub fn main(args: ControlplaneArgs) -> i32 {
 }
 
 fn run(args: ControlplaneArgs) -> Result<()> {
+    let data_dir = args.data_dir.context("--data-dir is required")?;
+    if let Some(Command::Snapshot(snapshot)) = args.command {
+        return run_snapshot(&data_dir, snapshot);
+    }
     let config = Config {
-        data_dir: args.data_dir,
+        data_dir,
         listen: args.listen,
         advertise: args.advertise_address,
         store: args.store,
@@ -84,4 +118,31 @@ fn run(args: ControlplaneArgs) -> Result<()> {
             .await;
         Ok(())
     })
+}
+
+fn run_snapshot(data_dir: &std::path::Path, command: Snapshot) -> Result<()> {
+    use keelson_controlplane::snapshot;
+    match command {
+        Snapshot::Save { file } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("start the runtime")?;
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let revision = rt.block_on(snapshot::save(data_dir, &file))?;
+            println!("saved {} at revision {revision}", file.display());
+        }
+        Snapshot::Restore { file } => {
+            let (revision, kept) = snapshot::restore(data_dir, &file)?;
+            println!(
+                "restored {} (revision {revision}) into {}",
+                file.display(),
+                data_dir.display()
+            );
+            if let Some(k) = kept {
+                println!("the previous store is kept as {}", k.display());
+            }
+        }
+    }
+    Ok(())
 }
