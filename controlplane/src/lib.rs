@@ -19,6 +19,7 @@
 //!   allocation;
 //! - [`bootstrap`]: the system namespaces and the `kubernetes` Service at every start;
 //! - [`defaults`]: upstream's `SetDefaults_*` for the served kinds;
+//! - [`validation`]: upstream's validation rules with its field paths and messages;
 //! - [`pipeline`]: the write pipeline (decode, patch, field validation, strategy, field
 //!   ownership, store) behind every create, update and patch;
 //! - [`printers`]: `Table`s for `kubectl get` and `PartialObjectMetadata`, by `Accept`;
@@ -54,6 +55,7 @@ pub mod schema;
 pub mod server;
 pub mod snapshot;
 pub mod strategy;
+pub mod validation;
 
 /// The Kubernetes version whose API this server implements (k8s-openapi's `v1_33`).
 pub const KUBERNETES_VERSION: &str = "v1.33.0";

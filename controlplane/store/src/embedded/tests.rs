@@ -220,16 +220,24 @@ async fn a_snapshot_taken_during_writes_is_a_consistent_store_that_reopens() {
     use crate::{KeyRange, PutRequest, RangeRequest, Store};
     let dir = tempfile::tempdir().expect("snapshot test");
     let store = std::sync::Arc::new(
-        EmbeddedStore::open(dir.path().join("db"), Options::default()).await.expect("snapshot test"),
+        EmbeddedStore::open(dir.path().join("db"), Options::default())
+            .await
+            .expect("snapshot test"),
     );
     for i in 0..50 {
-        store.put(PutRequest::new(format!("/k/{i:03}"), vec![b'x'; 100])).await.expect("snapshot test");
+        store
+            .put(PutRequest::new(format!("/k/{i:03}"), vec![b'x'; 100]))
+            .await
+            .expect("snapshot test");
     }
     let writer = {
         let store = store.clone();
         tokio::spawn(async move {
             for i in 50..200 {
-                store.put(PutRequest::new(format!("/k/{i:03}"), vec![b'y'; 100])).await.expect("snapshot test");
+                store
+                    .put(PutRequest::new(format!("/k/{i:03}"), vec![b'y'; 100]))
+                    .await
+                    .expect("snapshot test");
             }
         })
     };
