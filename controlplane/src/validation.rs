@@ -171,7 +171,10 @@ fn is_config_key(s: &str) -> bool {
 }
 
 /// How a kind's names are checked.
-fn name_rule(r: &Resource) -> Option<(fn(&str) -> bool, &'static str)> {
+/// A name check and the message of its failure.
+type NameRule = (fn(&str) -> bool, &'static str);
+
+fn name_rule(r: &Resource) -> Option<NameRule> {
     match (r.gvk.group, r.gvk.kind) {
         ("", "Namespace") => Some((is_dns1123_label, DNS1123_LABEL_MSG)),
         ("", "Service") => Some((is_dns1035_label, DNS1035_LABEL_MSG)),
@@ -709,23 +712,23 @@ pub fn validate(r: &Resource, obj: &Value, old: Option<&Value>) -> Vec<FieldErro
 fn immutable(v: &mut V, r: &Resource, obj: &Value, old: &Value) {
     let same = |ptr: &str| obj.pointer(ptr) == old.pointer(ptr);
     match (r.gvk.group, r.gvk.kind) {
-        ("apps", "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet") | ("batch", "Job") => {
-            if !same("/spec/selector") && old.pointer("/spec/selector").is_some() {
-                v.invalid(
-                    "spec.selector",
-                    obj.pointer("/spec/selector").unwrap_or(&Value::Null),
-                    "field is immutable",
-                );
-            }
+        ("apps", "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet") | ("batch", "Job")
+            if !same("/spec/selector") && old.pointer("/spec/selector").is_some() =>
+        {
+            v.invalid(
+                "spec.selector",
+                obj.pointer("/spec/selector").unwrap_or(&Value::Null),
+                "field is immutable",
+            );
         }
-        ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => {
-            if !same("/roleRef") {
-                v.invalid(
-                    "roleRef",
-                    obj.get("roleRef").unwrap_or(&Value::Null),
-                    "cannot change roleRef",
-                );
-            }
+        ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding")
+            if !same("/roleRef") =>
+        {
+            v.invalid(
+                "roleRef",
+                obj.get("roleRef").unwrap_or(&Value::Null),
+                "cannot change roleRef",
+            );
         }
         ("", "ConfigMap" | "Secret") => {
             if old.get("immutable") == Some(&Value::Bool(true)) {
