@@ -18,9 +18,11 @@
 //!   authentication.
 //!
 //! - [`rest`]: get, list, create, update and delete of every resource over HTTP.
+//! - [`watch`]: watches over HTTP, selected lists, and the per-resource watch caches that
+//!   serve them;
+//! - [`selectors`]: label and field selectors.
 //!
-//! Limits: no patch, watch, subresources, admission, validation or RBAC yet; see each
-//! module's docs.
+//! Limits: no patch, subresources, admission, validation or RBAC yet; see each module's docs.
 
 pub mod apply;
 pub mod discovery;
@@ -31,7 +33,9 @@ pub mod pki;
 pub mod registry;
 pub mod rest;
 pub mod schema;
+pub mod selectors;
 pub mod server;
+pub mod watch;
 
 /// The Kubernetes version whose API this server implements (k8s-openapi's `v1_33`).
 pub const KUBERNETES_VERSION: &str = "v1.33.0";

@@ -4,12 +4,14 @@
 //! - `/api/v1/[namespaces/{ns}/]{resource}[/{name}]` and
 //!   `/apis/{group}/{version}/[namespaces/{ns}/]{resource}[/{name}]`; a namespaced resource
 //!   listed without a namespace is listed across all of them.
-//! - Query parameters: `resourceVersion`, `resourceVersionMatch`, `limit`, `continue` on lists;
-//!   `dryRun=All` on writes. A body's `apiVersion` and `kind` must be the resource's (they are
+//! - Query parameters: `resourceVersion`, `resourceVersionMatch`, `limit`, `continue`,
+//!   `labelSelector` and `fieldSelector` on lists; `watch=true` turns a list into a watch
+//!   ([`crate::watch`], which also serves lists from the watch caches and the legacy
+//!   `/api/v1/watch/...` paths); `dryRun=All` on writes. A body's `apiVersion` and `kind` must be the resource's (they are
 //!   filled in when missing).
 //! - Errors are `metav1.Status` bodies with upstream's codes and reasons.
 //!
-//! Not here yet: patch, watch, subresources, deletecollection, admission and validation, and
+//! Not here yet: patch, subresources, deletecollection, admission and validation, and
 //! table output (kubectl prints names without it).
 
 use std::collections::HashMap;
@@ -25,6 +27,7 @@ use serde_json::{json, Value};
 
 use crate::objects::{ApiError, Deleted, ListOptions, Objects, Preconditions, ReadAt};
 use crate::registry::{self, Resource};
+use crate::selectors::Selectors;
 use crate::server::ApiState;
 
 type Params = HashMap<String, String>;
@@ -43,6 +46,7 @@ pub fn routes() -> Router<Arc<ApiState>> {
             "/apis/{group}/{version}/namespaces/{ns}/{resource}/{name}",
             get(read).put(update).delete(delete),
         )
+        .merge(crate::watch::routes())
 }
 
 impl IntoResponse for ApiError {
@@ -53,13 +57,13 @@ impl IntoResponse for ApiError {
 }
 
 /// The request's resource and scope, from the path.
-struct Target {
-    resource: &'static Resource,
-    namespace: Option<String>,
-    name: Option<String>,
+pub(crate) struct Target {
+    pub(crate) resource: &'static Resource,
+    pub(crate) namespace: Option<String>,
+    pub(crate) name: Option<String>,
 }
 
-fn target(p: &Params, collection: bool) -> Result<Target, ApiError> {
+pub(crate) fn target(p: &Params, collection: bool) -> Result<Target, ApiError> {
     let (group, version) = match (p.get("group"), p.get("version")) {
         (Some(g), Some(v)) => (g.as_str(), v.as_str()),
         _ => ("", "v1"),
@@ -83,7 +87,7 @@ fn target(p: &Params, collection: bool) -> Result<Target, ApiError> {
     Ok(Target { resource, namespace, name: p.get("name").cloned() })
 }
 
-fn objects(state: &ApiState) -> Result<&Objects, ApiError> {
+pub(crate) fn objects(state: &ApiState) -> Result<&Objects, ApiError> {
     state.objects().ok_or_else(|| ApiError {
         code: 503,
         reason: "ServiceUnavailable",
@@ -138,6 +142,15 @@ async fn list(
     Query(q): Query<Params>,
 ) -> Result<Response, ApiError> {
     let t = target(&p, true)?;
+    if crate::watch::is_watch(&q) {
+        return crate::watch::serve(objects(&state)?, t.resource, t.namespace, &q).await;
+    }
+    let selectors = Selectors::parse(
+        q.get("labelSelector").map(String::as_str),
+        q.get("fieldSelector").map(String::as_str),
+        t.resource,
+    )
+    .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let limit = match q.get("limit").filter(|l| !l.is_empty()) {
         None => 0,
         Some(l) => l
@@ -154,7 +167,9 @@ async fn list(
             q.get("resourceVersionMatch").map(String::as_str),
         )?,
     };
-    let page = objects(&state)?.list(t.resource, t.namespace.as_deref(), &opts).await?;
+    let page =
+        crate::watch::list(objects(&state)?, t.resource, t.namespace.as_deref(), &opts, &selectors)
+            .await?;
     let mut meta = json!({ "resourceVersion": page.resource_version.to_string() });
     if let Some(c) = page.continue_token {
         meta["continue"] = Value::String(c);

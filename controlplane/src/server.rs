@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Extension, Path as UrlPath, Request};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -93,7 +94,19 @@ pub struct Config {
     /// The address clients should use, when not the listen address (for example when
     /// listening on `0.0.0.0`).
     pub advertise: Option<IpAddr>,
+    /// How much history the store keeps: every `compaction_interval` (sampled more often) it
+    /// compacts away revisions older than this, as upstream's `--etcd-compaction-interval`
+    /// (default [`DEFAULT_COMPACTION_INTERVAL`]). The watch caches' windows reach no further
+    /// back, so watches from older revisions get `410 Gone`.
+    pub compaction_interval: Duration,
 }
+
+/// Upstream's default `--etcd-compaction-interval`: five minutes.
+pub const DEFAULT_COMPACTION_INTERVAL: Duration = Duration::from_secs(300);
+
+/// How often the store tells each watch cache how far it has got when its resource is idle:
+/// the longest a consistent list from a cache waits after writes to other resources.
+const STORE_PROGRESS_INTERVAL: Duration = Duration::from_millis(200);
 
 impl Config {
     /// The address written into the kubeconfig and discovery: the advertise address, else the
@@ -385,10 +398,21 @@ pub async fn bind(config: &Config) -> Result<Listener> {
     let kubeconfig = config.data_dir.join("admin.kubeconfig");
     write_kubeconfig(&pki, &kubeconfig, &format!("https://{client}"))?;
     let store_path = config.data_dir.join("store.redb");
-    let store = keelson_store::embedded::EmbeddedStore::open(&store_path, Default::default())
+    let store_opts = keelson_store::embedded::Options {
+        history_window: Some(config.compaction_interval),
+        compaction_interval: (config.compaction_interval / 5)
+            .clamp(Duration::from_millis(100), Duration::from_secs(60)),
+        progress_interval: STORE_PROGRESS_INTERVAL,
+        ..Default::default()
+    };
+    let store = keelson_store::embedded::EmbeddedStore::open(&store_path, store_opts)
         .await
         .map_err(|source| Error::Store { path: store_path.clone(), source: Box::new(source) })?;
-    let objects = crate::objects::Objects::new(Arc::new(store));
+    let cache_opts = keelson_store::watch_cache::Options {
+        max_age: Some(config.compaction_interval),
+        ..Default::default()
+    };
+    let objects = crate::objects::Objects::with_watch_caches(Arc::new(store), cache_opts);
     let state = Arc::new(ApiState::new(client.to_string()).with_objects(objects));
     tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), kubeconfig = %kubeconfig.display(), "API server listening");
     Ok(Listener { listener, acceptor: TlsAcceptor::from(tls), router: router(state), kubeconfig })
@@ -598,6 +622,7 @@ mod tests {
             data_dir: "/x".into(),
             listen: "0.0.0.0:6443".parse().unwrap(),
             advertise: None,
+            compaction_interval: DEFAULT_COMPACTION_INTERVAL,
         };
         assert_eq!(c.client_address(6443), "127.0.0.1:6443".parse().unwrap());
         let c = Config { advertise: Some("192.0.2.1".parse().unwrap()), ..c };

@@ -8,7 +8,7 @@ use std::process::Output;
 
 use anyhow::{ensure, Context, Result};
 use keelson_controlplane::registry::RESOURCES;
-use keelson_controlplane::server::{bind, Config};
+use keelson_controlplane::server::{bind, Config, DEFAULT_COMPACTION_INTERVAL};
 
 fn kubectl_available() -> bool {
     std::process::Command::new("kubectl")
@@ -62,6 +62,7 @@ async fn kubectl_discovers_explains_and_versions_against_the_server() -> Result<
         data_dir: dir.path().join("data"),
         listen: "127.0.0.1:0".parse()?,
         advertise: None,
+        compaction_interval: DEFAULT_COMPACTION_INTERVAL,
     };
     let listener = bind(&config).await?;
     let kubeconfig = listener.kubeconfig().to_owned();

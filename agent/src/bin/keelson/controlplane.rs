@@ -1,9 +1,11 @@
-//! `keelson controlplane --data-dir DIR [--listen ADDR:PORT] [--advertise-address IP]`: the
+//! `keelson controlplane --data-dir DIR [--listen ADDR:PORT] [--advertise-address IP]
+//! [--compaction-interval DURATION]`: the
 //! Kubernetes API server (see [`keelson_controlplane::server`]). Writes `DIR/admin.kubeconfig`
 //! and keeps its CA and credentials in `DIR/pki`, so a restart on the same DIR keeps them.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use keelson_controlplane::server::{bind, Config};
@@ -20,6 +22,29 @@ pub struct ControlplaneArgs {
     /// The address clients and nodes should use, when not the listen address.
     #[arg(long)]
     advertise_address: Option<IpAddr>,
+    /// How much store history to keep (older revisions are compacted away; watches from them
+    /// get 410 Gone), as upstream's --etcd-compaction-interval: `300`, `90s`, `5m`, `1h`.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    compaction_interval: Duration,
+}
+
+/// A duration in whole seconds, minutes or hours: `90`, `90s`, `5m`, `1h`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (number, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = number.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        _ => return Err(format!("invalid duration {s:?} (use s, m or h)")),
+    };
+    if secs == 0 {
+        return Err("the compaction interval must be positive".into());
+    }
+    Ok(Duration::from_secs(secs))
 }
 
 /// Runs the API server until SIGINT or SIGTERM; returns the exit code.
@@ -34,8 +59,12 @@ pub fn main(args: ControlplaneArgs) -> i32 {
 }
 
 fn run(args: ControlplaneArgs) -> Result<()> {
-    let config =
-        Config { data_dir: args.data_dir, listen: args.listen, advertise: args.advertise_address };
+    let config = Config {
+        data_dir: args.data_dir,
+        listen: args.listen,
+        advertise: args.advertise_address,
+        compaction_interval: args.compaction_interval,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -59,4 +88,20 @@ fn run(args: ControlplaneArgs) -> Result<()> {
             .await;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compaction_interval_accepts_seconds_minutes_and_hours() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("5d").is_err());
+        assert!(parse_duration("m").is_err());
+    }
 }
