@@ -127,11 +127,6 @@ impl WatchCaches {
         caches.insert(prefix, cache.clone());
         Ok(cache)
     }
-
-    /// Stops every cache.
-    pub async fn clear(&self) {
-        self.caches.lock().await.clear();
-    }
 }
 
 fn cache_error(e: watch_cache::Error) -> ApiError {
