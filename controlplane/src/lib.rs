@@ -31,9 +31,12 @@
 //!   authentication.
 //!
 //! - [`rest`]: get, list, create, update, patch and delete of every resource, and its
-//!   `status` and `scale`, over HTTP.
+//!   `status` and `scale`, over HTTP;
+//! - [`watch`]: watches over HTTP, selected lists, and the per-resource watch caches that
+//!   serve them;
+//! - [`selectors`]: label and field selectors.
 //!
-//! Limits: no watch, admission, validation or RBAC yet; see each module's docs.
+//! Limits: no RBAC yet; see each module's docs.
 
 pub mod admission;
 pub mod apply;
@@ -52,10 +55,12 @@ pub mod proto;
 pub mod registry;
 pub mod rest;
 pub mod schema;
+pub mod selectors;
 pub mod server;
 pub mod snapshot;
 pub mod strategy;
 pub mod validation;
+pub mod watch;
 
 /// The Kubernetes version whose API this server implements (k8s-openapi's `v1_33`).
 pub const KUBERNETES_VERSION: &str = "v1.33.0";

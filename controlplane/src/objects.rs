@@ -246,10 +246,12 @@ pub enum Deleted {
     Pending(Value),
 }
 
-/// Objects of every resource in one store.
+/// Objects of every resource in one store, with the watch caches that serve its lists and
+/// watches ([`crate::watch`]).
 #[derive(Clone)]
 pub struct Objects {
     store: Arc<dyn Store>,
+    caches: Arc<crate::watch::WatchCaches>,
 }
 
 impl std::fmt::Debug for Objects {
@@ -330,7 +332,7 @@ pub fn encode(obj: &Value) -> Result<Vec<u8>> {
 }
 
 /// The object as read: with its resourceVersion.
-fn decode(value: &[u8], revision: Revision) -> Result<Value> {
+pub(crate) fn decode(value: &[u8], revision: Revision) -> Result<Value> {
     let mut o: Value = serde_json::from_slice(value)
         .map_err(|e| ApiError::internal(format!("decode a stored object: {e}")))?;
     meta(&mut o)?.insert("resourceVersion".into(), Value::String(revision.to_string()));
@@ -433,9 +435,28 @@ fn prepare_update(ns: Option<&str>, name: &str, current: &Value, obj: &mut Value
 }
 
 impl Objects {
-    /// Objects over `store`.
+    /// Objects over `store`, with watch caches of the default size.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Objects { store }
+        Self::with_watch_caches(store, keelson_store::watch_cache::Options::default())
+    }
+
+    /// Objects over `store`, with watch caches of `opts`.
+    pub fn with_watch_caches(
+        store: Arc<dyn Store>,
+        opts: keelson_store::watch_cache::Options,
+    ) -> Self {
+        let caches = Arc::new(crate::watch::WatchCaches::new(store.clone(), opts));
+        Objects { store, caches }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The watch caches.
+    pub fn caches(&self) -> &crate::watch::WatchCaches {
+        &self.caches
     }
 
     /// Creates `obj` (its namespace is `namespace`'s for a namespaced resource).

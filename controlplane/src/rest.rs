@@ -6,21 +6,20 @@
 //! - `/api/v1/[namespaces/{ns}/]{resource}[/{name}[/{subresource}]]` and
 //!   `/apis/{group}/{version}/[namespaces/{ns}/]{resource}[/{name}[/{subresource}]]`; a
 //!   namespaced resource listed without a namespace is listed across all of them.
-//! - Query parameters: `resourceVersion`, `resourceVersionMatch`, `limit`, `continue` on lists;
-//!   `dryRun=All`, `fieldManager`, `fieldValidation` and (apply) `force` on writes. A body's
-//!   `apiVersion` and `kind` must be the resource's (they are filled in when missing); a patch's
-//!   kind is its `Content-Type`.
+//! - Query parameters: `resourceVersion`, `resourceVersionMatch`, `limit`, `continue`,
+//!   `labelSelector` and `fieldSelector` on lists; `watch=true` turns a list into a watch
+//!   ([`crate::watch`], which also serves lists from the watch caches and the legacy
+//!   `/api/v1/watch/...` paths); `dryRun=All`, `fieldManager`, `fieldValidation` and (apply)
+//!   `force` on writes. A body's `apiVersion` and `kind` must be the resource's (they are
+//!   filled in when missing); a patch's kind is its `Content-Type`.
 //! - Errors are `metav1.Status` bodies with upstream's codes and reasons; warnings are
 //!   `Warning` headers.
-//!
 //! - Reads answer in the representation the `Accept` header asks for: JSON, a `Table` (what
 //!   `kubectl get` prints, see [`printers`](crate::printers)) or `PartialObjectMetadata`.
-//!
 //! - Pod actions: `binding`, `eviction` ([`pods`](crate::pods)); the streaming subresources
 //!   answer 503 until the node tunnel exists.
 //!
-//! Not here yet: watch, deletecollection, admission and
-//! validation.
+//! Not here yet: deletecollection.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,6 +36,7 @@ use crate::objects::{ApiError, Deleted, ListOptions, Objects, Preconditions, Rea
 use crate::pipeline::{decode_body, Outcome, Part, PatchType, WriteOptions, Writer};
 use crate::printers::{self, IncludeObject, Representation};
 use crate::registry::{self, Resource};
+use crate::selectors::Selectors;
 use crate::server::ApiState;
 use crate::strategy::Strategy;
 
@@ -59,6 +59,7 @@ pub fn routes() -> Router<Arc<ApiState>> {
         .route("/apis/{group}/{version}/namespaces/{ns}/{resource}", get(list).post(create))
         .route("/apis/{group}/{version}/namespaces/{ns}/{resource}/{name}", object())
         .route("/apis/{group}/{version}/namespaces/{ns}/{resource}/{name}/{sub}", sub())
+        .merge(crate::watch::routes())
 }
 
 impl IntoResponse for ApiError {
@@ -69,13 +70,13 @@ impl IntoResponse for ApiError {
 }
 
 /// The request's resource and scope, from the path.
-struct Target {
-    resource: &'static Resource,
-    namespace: Option<String>,
-    name: Option<String>,
+pub(crate) struct Target {
+    pub(crate) resource: &'static Resource,
+    pub(crate) namespace: Option<String>,
+    pub(crate) name: Option<String>,
 }
 
-fn target(p: &Params, collection: bool) -> Result<Target, ApiError> {
+pub(crate) fn target(p: &Params, collection: bool) -> Result<Target, ApiError> {
     let (group, version) = match (p.get("group"), p.get("version")) {
         (Some(g), Some(v)) => (g.as_str(), v.as_str()),
         _ => ("", "v1"),
@@ -95,7 +96,7 @@ fn target(p: &Params, collection: bool) -> Result<Target, ApiError> {
     Ok(Target { resource, namespace, name: p.get("name").cloned() })
 }
 
-fn objects(state: &ApiState) -> Result<&Objects, ApiError> {
+pub(crate) fn objects(state: &ApiState) -> Result<&Objects, ApiError> {
     state
         .objects()
         .ok_or_else(|| ApiError::new(503, "ServiceUnavailable", "this API server has no store"))
@@ -124,6 +125,15 @@ async fn list(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let t = target(&p, true)?;
+    if crate::watch::is_watch(&q) {
+        return crate::watch::serve(objects(&state)?, t.resource, t.namespace, &q).await;
+    }
+    let selectors = Selectors::parse(
+        q.get("labelSelector").map(String::as_str),
+        q.get("fieldSelector").map(String::as_str),
+        t.resource,
+    )
+    .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let repr = representation(&headers)?;
     let limit = match q.get("limit").filter(|l| !l.is_empty()) {
         None => 0,
@@ -141,7 +151,9 @@ async fn list(
             q.get("resourceVersionMatch").map(String::as_str),
         )?,
     };
-    let page = objects(&state)?.list(t.resource, t.namespace.as_deref(), &opts).await?;
+    let page =
+        crate::watch::list(objects(&state)?, t.resource, t.namespace.as_deref(), &opts, &selectors)
+            .await?;
     let mut meta = json!({ "resourceVersion": page.resource_version.to_string() });
     if let Some(c) = page.continue_token {
         meta["continue"] = Value::String(c);

@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Extension, Path as UrlPath, Request};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -113,6 +114,11 @@ pub struct Config {
     pub store: StoreChoice,
     /// The service CIDR and node-port range.
     pub services: crate::admission::ServiceNetwork,
+    /// How much history the store keeps: every `compaction_interval` (sampled more often) it
+    /// compacts away revisions older than this, as upstream's `--etcd-compaction-interval`
+    /// (default [`DEFAULT_COMPACTION_INTERVAL`]). The watch caches' windows reach no further
+    /// back, so watches from older revisions get `410 Gone`.
+    pub compaction_interval: Duration,
 }
 
 /// The store backend (`--store embedded|etcd:URL,…`).
@@ -148,6 +154,13 @@ impl std::str::FromStr for StoreChoice {
         Ok(StoreChoice::Etcd(urls))
     }
 }
+
+/// Upstream's default `--etcd-compaction-interval`: five minutes.
+pub const DEFAULT_COMPACTION_INTERVAL: Duration = Duration::from_secs(300);
+
+/// How often the store tells each watch cache how far it has got when its resource is idle:
+/// the longest a consistent list from a cache waits after writes to other resources.
+const STORE_PROGRESS_INTERVAL: Duration = Duration::from_millis(200);
 
 impl Config {
     /// The address written into the kubeconfig and discovery: the advertise address, else the
@@ -485,7 +498,14 @@ pub async fn bind(config: &Config) -> Result<Listener> {
     let store: Arc<dyn keelson_store::Store> = match &config.store {
         StoreChoice::Embedded => {
             let path = config.data_dir.join("store.redb");
-            let store = keelson_store::embedded::EmbeddedStore::open(&path, Default::default())
+            let store_opts = keelson_store::embedded::Options {
+                history_window: Some(config.compaction_interval),
+                compaction_interval: (config.compaction_interval / 5)
+                    .clamp(Duration::from_millis(100), Duration::from_secs(60)),
+                progress_interval: STORE_PROGRESS_INTERVAL,
+                ..Default::default()
+            };
+            let store = keelson_store::embedded::EmbeddedStore::open(&path, store_opts)
                 .await
                 .map_err(|source| Error::Store { path: path.clone(), source: Box::new(source) })?;
             let store = Arc::new(store);
@@ -500,7 +520,11 @@ pub async fn bind(config: &Config) -> Result<Listener> {
             Arc::new(store)
         }
     };
-    let objects = crate::objects::Objects::new(store);
+    let cache_opts = keelson_store::watch_cache::Options {
+        max_age: Some(config.compaction_interval),
+        ..Default::default()
+    };
+    let objects = crate::objects::Objects::with_watch_caches(store, cache_opts);
     let mut state = ApiState::new(client.to_string())
         .with_objects(objects)
         .with_admission(crate::admission::Admission { services: config.services.clone() });
@@ -719,6 +743,7 @@ mod tests {
             advertise: None,
             store: StoreChoice::Embedded,
             services: Default::default(),
+            compaction_interval: DEFAULT_COMPACTION_INTERVAL,
         };
         assert_eq!(c.client_address(6443), "127.0.0.1:6443".parse().unwrap());
         let c = Config { advertise: Some("192.0.2.1".parse().unwrap()), ..c };

@@ -8,7 +8,7 @@ use std::process::Output;
 
 use anyhow::{ensure, Context, Result};
 use keelson_controlplane::registry::RESOURCES;
-use keelson_controlplane::server::{bind, Config};
+use keelson_controlplane::server::{bind, Config, DEFAULT_COMPACTION_INTERVAL};
 
 fn kubectl_available() -> bool {
     std::process::Command::new("kubectl")
@@ -74,6 +74,7 @@ impl Cluster {
             advertise: None,
             store: Default::default(),
             services: Default::default(),
+            compaction_interval: DEFAULT_COMPACTION_INTERVAL,
         };
         let listener = bind(&config).await?;
         let kubeconfig = listener.kubeconfig().to_owned();
@@ -659,4 +660,143 @@ async fn kubectl_sees_system_namespaces_the_kubernetes_service_and_allocated_ser
         "create in a missing namespace: {err}"
     );
     c.stop().await
+}
+
+/// A running `kubectl get -w`, its output lines read as they come; killed on drop.
+struct Watching {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    seen: Vec<String>,
+}
+
+impl Watching {
+    async fn start(s: &Cluster, args: &[&str]) -> Result<Watching> {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new("kubectl")
+            .env("HOME", &s.home)
+            .env_remove("KUBECONFIG")
+            .arg("--kubeconfig")
+            .arg(&s.kubeconfig)
+            .arg("--cache-dir")
+            .arg(s.home.join("cache"))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("start kubectl get -w")?;
+        let stdout = child.stdout.take().context("kubectl stdout")?;
+        Ok(Watching { child, lines: tokio::io::BufReader::new(stdout).lines(), seen: Vec::new() })
+    }
+
+    /// Waits for a line containing every one of `words`; returns it.
+    async fn expect(&mut self, words: &[&str]) -> Result<String> {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.next_line()).await;
+            match line {
+                Ok(Ok(Some(l))) => {
+                    self.seen.push(l.clone());
+                    if words.iter().all(|w| l.contains(w)) {
+                        return Ok(l);
+                    }
+                }
+                Ok(Ok(None)) => {
+                    anyhow::bail!("kubectl ended before {words:?}:\n{}", self.seen.join("\n"))
+                }
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => {
+                    anyhow::bail!("no line with {words:?} in time:\n{}", self.seen.join("\n"))
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+fn pod_manifest(name: &str, app: &str, node: &str, image: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{app: {app}}}}}\nspec:\n  nodeName: {node}\n  containers: [{{name: c, image: {image}}}]\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_get_watch_and_selectors_work_against_the_server() -> Result<()> {
+    let Some(s) = Cluster::start("kubectl_get_watch_and_selectors_work_against_the_server").await?
+    else {
+        return Ok(());
+    };
+    let (kc, home) = (s.kubeconfig.clone(), s.home.clone());
+    let manifest = |name: &str, body: String| -> Result<String> {
+        let p = home.join(format!("{name}.yaml"));
+        std::fs::write(&p, body)?;
+        Ok(p.to_string_lossy().into_owned())
+    };
+    let web = manifest("web", pod_manifest("web", "web", "n1", "nginx"))?;
+    let db = manifest("db", pod_manifest("db", "db", "n2", "postgres"))?;
+    kubectl_ok(&kc, &home, &["create", "-f", &web]).await?;
+
+    // `kubectl get pods -w` lists, then follows every pod; `kubectl get pod web -w
+    // --output-watch-events` follows one pod by name.
+    let mut all = Watching::start(&s, &["get", "pods", "-w"]).await?;
+    all.expect(&["web"]).await?;
+    let mut one =
+        Watching::start(&s, &["get", "pod", "web", "-w", "--output-watch-events"]).await?;
+    one.expect(&["ADDED", "web"]).await?;
+
+    kubectl_ok(&kc, &home, &["create", "-f", &db]).await?;
+    all.expect(&["db"]).await?;
+    kubectl_ok(&kc, &home, &["label", "pod", "web", "tier=front"]).await?;
+    one.expect(&["MODIFIED", "web"]).await?;
+    kubectl_ok(&kc, &home, &["delete", "pod", "web"]).await?;
+    one.expect(&["DELETED", "web"]).await?;
+    // The watch of all pods printed web's change and its deletion too (kubectl prints
+    // NAME and AGE for each event without its type).
+    all.expect(&["web"]).await?;
+    all.expect(&["web"]).await?;
+    ensure!(!one.seen.iter().any(|l| l.contains("db")), "the pinned watch saw db:\n{:?}", one.seen);
+
+    // Label and field selectors on lists.
+    kubectl_ok(&kc, &home, &["create", "-f", &web]).await?;
+    let out = kubectl_ok(&kc, &home, &["get", "pods", "-l", "app=web", "-o", "name"]).await?;
+    ensure!(out.trim() == "pod/web", "-l app=web:\n{out}");
+    let out =
+        kubectl_ok(&kc, &home, &["get", "pods", "-l", "app notin (web)", "-o", "name"]).await?;
+    ensure!(out.trim() == "pod/db", "-l app notin (web):\n{out}");
+    let out = kubectl_ok(
+        &kc,
+        &home,
+        &["get", "pods", "--field-selector", "spec.nodeName=n2", "-o", "name"],
+    )
+    .await?;
+    ensure!(out.trim() == "pod/db", "--field-selector spec.nodeName=n2:\n{out}");
+    let out = kubectl_ok(
+        &kc,
+        &home,
+        &[
+            "get",
+            "pods",
+            "-A",
+            "--field-selector",
+            "metadata.namespace=default,spec.nodeName!=n2",
+            "-o",
+            "name",
+        ],
+    )
+    .await?;
+    ensure!(out.trim() == "pod/web", "--field-selector spec.nodeName!=n2:\n{out}");
+    let out = kubectl(&kc, &home, &["get", "pods", "--field-selector", "spec.foo=x"]).await?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && err.contains("field label not supported: spec.foo"),
+        "unsupported field: {err}"
+    );
+    let out = kubectl(&kc, &home, &["get", "pods", "-l", "app=(web"]).await?;
+    ensure!(!out.status.success(), "a bad label selector was accepted");
+    Ok(())
 }

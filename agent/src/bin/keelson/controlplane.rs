@@ -1,5 +1,6 @@
 //! `keelson controlplane --data-dir DIR [--listen ADDR:PORT] [--advertise-address IP]
-//! [--store embedded|etcd:URL,…] [--service-cidr CIDR] [--service-node-port-range A-B]`: the Kubernetes API server (see
+//! [--store embedded|etcd:URL,…] [--service-cidr CIDR] [--service-node-port-range A-B]
+//! [--compaction-interval DURATION]`: the Kubernetes API server (see
 //! [`keelson_controlplane::server`]). Writes `DIR/admin.kubeconfig` and keeps its CA and
 //! credentials in `DIR/pki` and (embedded store) its objects in `DIR/store.redb`, so a restart
 //! on the same DIR keeps them.
@@ -10,6 +11,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use keelson_controlplane::admission::ServiceNetwork;
@@ -40,6 +42,10 @@ pub struct ControlplaneArgs {
     /// Services' node ports come from this range.
     #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
     service_node_port_range: std::ops::RangeInclusive<u16>,
+    /// How much store history to keep (older revisions are compacted away; watches from them
+    /// get 410 Gone), as upstream's --etcd-compaction-interval: `300`, `90s`, `5m`, `1h`.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    compaction_interval: Duration,
 }
 
 /// Maintenance commands.
@@ -69,6 +75,25 @@ fn parse_port_range(s: &str) -> std::result::Result<std::ops::RangeInclusive<u16
     keelson_controlplane::admission::parse_port_range(s)
 }
 
+/// A duration in whole seconds, minutes or hours: `90`, `90s`, `5m`, `1h`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (number, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = number.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        _ => return Err(format!("invalid duration {s:?} (use s, m or h)")),
+    };
+    if secs == 0 {
+        return Err("the compaction interval must be positive".into());
+    }
+    Ok(Duration::from_secs(secs))
+}
+
 /// Runs the API server until SIGINT or SIGTERM; returns the exit code.
 pub fn main(args: ControlplaneArgs) -> i32 {
     match run(args) {
@@ -90,6 +115,7 @@ fn run(args: ControlplaneArgs) -> Result<()> {
         listen: args.listen,
         advertise: args.advertise_address,
         store: args.store,
+        compaction_interval: args.compaction_interval,
         services: ServiceNetwork {
             cidr: args.service_cidr,
             node_ports: args.service_node_port_range,
@@ -145,4 +171,20 @@ fn run_snapshot(data_dir: &std::path::Path, command: Snapshot) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compaction_interval_accepts_seconds_minutes_and_hours() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("5d").is_err());
+        assert!(parse_duration("m").is_err());
+    }
 }
