@@ -2,7 +2,7 @@
 //! 127.0.0.1 with free ports and temporary data directories, killed on drop.
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -37,7 +37,24 @@ impl EtcdCluster {
     /// Starts `members` members and waits until every one answers its health endpoint.
     /// `progress` is the watch progress notification interval (etcd's default is 10 min).
     pub fn start(members: usize, progress: Duration) -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
+        Self::spawn(tempfile::tempdir()?, members, progress, false)
+    }
+
+    /// Like [`EtcdCluster::start`], with the data directories in a new directory under
+    /// `parent` (a benchmark keeps them on the filesystem it measures), and members that the
+    /// kernel kills when the calling thread exits (`PR_SET_PDEATHSIG`), so that a driver killed
+    /// before its drops run leaves no etcd behind. Call it from a thread that outlives the
+    /// cluster (the main thread).
+    pub fn start_in(parent: &Path, members: usize, progress: Duration) -> anyhow::Result<Self> {
+        Self::spawn(tempfile::tempdir_in(parent)?, members, progress, true)
+    }
+
+    fn spawn(
+        dir: tempfile::TempDir,
+        members: usize,
+        progress: Duration,
+        die_with_parent: bool,
+    ) -> anyhow::Result<Self> {
         let ports = (0..members)
             .map(|_| Ok((free_port()?, free_port()?)))
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -51,7 +68,11 @@ impl EtcdCluster {
         let mut cluster = EtcdCluster { members: Vec::new(), endpoints: Vec::new(), dir };
         for (i, (client, peer)) in ports.iter().enumerate() {
             let log = std::fs::File::create(cluster.dir.path().join(format!("m{i}.log")))?;
-            let child = Command::new(etcd_binary())
+            let mut cmd = Command::new(etcd_binary());
+            if die_with_parent {
+                kill_with_parent(&mut cmd);
+            }
+            let child = cmd
                 .args(["--name", &format!("m{i}")])
                 .arg("--data-dir")
                 .arg(cluster.dir.path().join(format!("m{i}.etcd")))
@@ -82,6 +103,11 @@ impl EtcdCluster {
         &self.endpoints
     }
 
+    /// The members' process ids.
+    pub fn pids(&self) -> Vec<u32> {
+        self.members.iter().map(Child::id).collect()
+    }
+
     /// Member `i`'s log so far (for failure messages).
     pub fn log(&self, i: usize) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("m{i}.log"))).unwrap_or_default()
@@ -108,6 +134,21 @@ impl EtcdCluster {
             }
         }
         Ok(())
+    }
+}
+
+/// Makes the kernel SIGKILL the child when the thread that spawns it exits.
+pub fn kill_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2), which
+    // is async-signal-safe; it allocates nothing and touches no lock.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 

@@ -35,3 +35,28 @@ async fn etcd_three_member_cluster_passes_the_store_conformance_suite() {
     require!(Tier::Privileged, need_root(), need_etcd());
     run(3).await.expect("three-member etcd");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_range_larger_than_four_mebibytes_comes_back_whole() {
+    require!(Tier::Privileged, need_root(), need_etcd());
+    let run = || async {
+        use keelson_store::{KeyRange, PutRequest, RangeRequest, TxnOp, TxnRequest};
+        let cluster = EtcdCluster::start(1, Duration::from_secs(1))?;
+        let store = EtcdStore::connect(cluster.endpoints()).await?;
+        // 12 values of 512 KiB: 6 MiB in one range response, beyond tonic's default 4 MiB
+        // decoding limit (a list of 700 pods of 6 KB is already that large).
+        let value = vec![b'v'; 512 << 10];
+        for i in 0..12 {
+            store.put(PutRequest::new(format!("/big/{i:02}"), value.clone())).await?;
+        }
+        let all = store.range(RangeRequest::new(KeyRange::prefix("/big/"))).await?;
+        anyhow::ensure!(all.kvs.len() == 12, "the range returned {} of 12 keys", all.kvs.len());
+        anyhow::ensure!(all.kvs.iter().all(|kv| kv.value == value), "a value came back altered");
+        let txn =
+            TxnRequest::new().then(TxnOp::Range(RangeRequest::new(KeyRange::prefix("/big/"))));
+        let resp = store.txn(txn).await?;
+        anyhow::ensure!(resp.responses.len() == 1, "the transaction lost its range");
+        anyhow::Ok(())
+    };
+    run().await.expect("a 6 MiB range from etcd");
+}

@@ -10,6 +10,11 @@
 //! revision`, `requested lease not found`). etcd's range error does not carry the compaction
 //! revision: it is learned, only on that error path, from a watch started at revision 1, which
 //! etcd cancels with the compaction revision.
+//!
+//! Reads and watches go through KV and watch clients whose decoding limit is raised from
+//! tonic's 4 MiB to [`MAX_RESPONSE_BYTES`] (upstream's apiserver sets its gRPC receive limit to
+//! `math.MaxInt32` for the same reason): a range is one message, and a list of 700 pods of
+//! 6 KB is already larger than 4 MiB.
 
 use futures::StreamExt;
 
@@ -54,8 +59,16 @@ pub enum Error {
 #[derive(Clone)]
 pub struct EtcdStore {
     client: etcd_client::Client,
+    /// Ranges and transactions, with the raised decoding limit.
+    kv: etcd_client::KvClient,
+    /// Watches, with the raised decoding limit.
+    watcher: etcd_client::WatchClient,
     endpoints: Vec<String>,
 }
+
+/// The largest response etcd may send this client (a whole range is one message): upstream's
+/// `math.MaxInt32`.
+pub const MAX_RESPONSE_BYTES: usize = i32::MAX as usize;
 
 impl std::fmt::Debug for EtcdStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -69,14 +82,16 @@ impl EtcdStore {
         let client = etcd_client::Client::connect(endpoints, None)
             .await
             .map_err(|source| Error::Connect { endpoints: endpoints.to_vec(), source })?;
-        Ok(EtcdStore { client, endpoints: endpoints.to_vec() })
+        let kv = client.kv_client().max_decoding_message_size(MAX_RESPONSE_BYTES);
+        let watcher = client.watch_client().max_decoding_message_size(MAX_RESPONSE_BYTES);
+        Ok(EtcdStore { client, kv, watcher, endpoints: endpoints.to_vec() })
     }
 
     /// The compaction revision, learned from a watch at revision 1 (see the module docs).
     async fn compact_revision(&self) -> Revision {
-        let mut client = self.client.clone();
+        let mut watcher = self.watcher.clone();
         let opts = etcd_client::WatchOptions::new().with_start_revision(1);
-        let Ok(mut stream) = client.watch(vec![0], Some(opts)).await else { return 0 };
+        let Ok(mut stream) = watcher.watch(vec![0], Some(opts)).await else { return 0 };
         for _ in 0..4 {
             match tokio::time::timeout(std::time::Duration::from_secs(5), stream.message()).await {
                 Ok(Ok(Some(resp))) if resp.compact_revision() > 0 => {
@@ -126,8 +141,8 @@ impl EtcdStore {
     }
 
     async fn header_revision(&self) -> Result<Revision, Error> {
-        let mut client = self.client.clone();
-        let resp = client
+        let mut kv_client = self.kv.clone();
+        let resp = kv_client
             .get(vec![0], Some(etcd_client::GetOptions::new().with_count_only()))
             .await
             .map_err(|source| Error::Request { op: "get revision", source })?;
@@ -234,8 +249,8 @@ impl crate::Store for EtcdStore {
         if req.range.key.is_empty() {
             return Err(crate::Error::InvalidRequest { reason: "range of an empty key".into() });
         }
-        let mut client = self.client.clone();
-        match client.get(req.range.key.clone(), Some(get_options(&req))).await {
+        let mut kv_client = self.kv.clone();
+        match kv_client.get(req.range.key.clone(), Some(get_options(&req))).await {
             Ok(resp) => Ok(range_response(&resp, "range")?),
             Err(e) => Err(self.error("range", e, req.revision, 0).await),
         }
@@ -264,8 +279,8 @@ impl crate::Store for EtcdStore {
             .when(req.compare.iter().map(compare).collect::<Vec<_>>())
             .and_then(success)
             .or_else(failure);
-        let mut client = self.client.clone();
-        let resp = match client.txn(txn).await {
+        let mut kv_client = self.kv.clone();
+        let resp = match kv_client.txn(txn).await {
             Ok(r) => r,
             Err(e) => {
                 let lease = req
@@ -329,8 +344,8 @@ impl crate::Store for EtcdStore {
         if req.progress_notify {
             o = o.with_progress_notify();
         }
-        let mut client = self.client.clone();
-        let stream = match client.watch(req.range.key.clone(), Some(o)).await {
+        let mut watcher = self.watcher.clone();
+        let stream = match watcher.watch(req.range.key.clone(), Some(o)).await {
             Ok(s) => s,
             Err(e) => return Err(self.error("watch", e, req.start_revision, 0).await),
         };
