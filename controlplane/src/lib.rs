@@ -25,15 +25,19 @@
 //! - [`proto`]: Kubernetes protobuf request bodies (kubectl's generators) decoded to JSON;
 //! - [`pki`]: the cluster CA, serving and admin certificates and the admin kubeconfig;
 //! - [`server`]: the HTTP router (axum) and the TLS listener with x509 client-certificate
-//!   authentication.
+//!   authentication;
+//! - [`auth`]: bearer tokens (service-account JWTs, bootstrap tokens), RBAC with the default
+//!   policy and aggregation, the node authorizer and NodeRestriction, TokenRequest and the
+//!   review APIs.
 //!
 //! - [`rest`]: get, list, create, update, patch and delete of every resource, and its
 //!   `status` and `scale`, over HTTP.
 //!
-//! Limits: no watch, admission, validation or RBAC yet; see each module's docs.
+//! Limits: see each module's docs.
 
 pub mod admission;
 pub mod apply;
+pub mod auth;
 pub mod bootstrap;
 pub mod defaults;
 pub mod discovery;

@@ -8,10 +8,12 @@
 //! tokio-rustls because the handshake's client certificate is the identity, which each
 //! connection's router receives as an [`Authenticated`] extension.
 //!
-//! Authentication: the client certificate must chain to the cluster CA (rustls checks it in
-//! the handshake); a connection without one is accepted and every request on it is refused
-//! with a 401 `Status`, as upstream does with anonymous authentication off. Authorization is
-//! not done yet (every authenticated user may read discovery and OpenAPI).
+//! Authentication: a client certificate must chain to the cluster CA (rustls checks it in
+//! the handshake); a connection without one is accepted, and its requests must carry a bearer
+//! token (service-account or bootstrap token) or are refused with a 401 `Status`, as upstream
+//! does with anonymous authentication off. Every request then passes the
+//! [`auth`](crate::auth) middleware: authorization (system:masters, the node authorizer,
+//! RBAC) and the node's admission.
 //!
 //! Served today: `/version`, `/healthz`, `/livez`, `/readyz`, discovery (`/api`, `/api/v1`,
 //! `/apis`, `/apis/<g>`, `/apis/<g>/<v>`, aggregated discovery by `Accept`), `/openapi/v2`
@@ -23,9 +25,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use axum::extract::{Extension, Path as UrlPath, Request};
+use axum::extract::{Extension, Path as UrlPath};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -77,6 +79,15 @@ pub enum Error {
         /// The cause.
         #[source]
         source: Box<keelson_store::embedded::Error>,
+    },
+    /// The service-account signing key could not be loaded or made.
+    #[error("service-account key in {dir}")]
+    ServiceAccountKey {
+        /// The PKI directory.
+        dir: PathBuf,
+        /// The cause.
+        #[source]
+        source: crate::auth::token::Error,
     },
     /// The system namespaces or the `kubernetes` Service could not be written.
     #[error("bootstrap the cluster's system objects")]
@@ -215,6 +226,7 @@ pub struct ApiState {
     server_address: String,
     objects: Option<crate::objects::Objects>,
     admission: crate::admission::Admission,
+    auth: Arc<crate::auth::Auth>,
 }
 
 impl ApiState {
@@ -236,7 +248,24 @@ impl ApiState {
             server_address,
             objects: None,
             admission: crate::admission::Admission::default(),
+            auth: Arc::new(crate::auth::Auth::default()),
         }
+    }
+
+    /// The authenticators and authorizers.
+    pub fn auth(&self) -> &Arc<crate::auth::Auth> {
+        &self.auth
+    }
+
+    /// The same state authenticating and authorizing with `auth`.
+    pub fn with_auth(mut self, auth: crate::auth::Auth) -> ApiState {
+        self.auth = Arc::new(auth);
+        self
+    }
+
+    /// The `host:port` clients are told to dial.
+    pub fn server_address(&self) -> &str {
+        &self.server_address
     }
 
     /// The same state serving objects from `objects`.
@@ -272,8 +301,8 @@ impl ApiState {
 #[derive(Debug, Clone, Default)]
 pub struct Authenticated(pub Option<UserInfo>);
 
-/// The API router. Requests need an [`Authenticated`] extension with a user; without one they
-/// get 401.
+/// The API router. Requests need an [`Authenticated`] extension with a user or a valid bearer
+/// token; without either they get 401. Then they are authorized ([`crate::auth::middleware`]).
 pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/version", get(version))
@@ -288,24 +317,11 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/openapi/v2", get(openapi_v2))
         .route("/openapi/v3", get(openapi_v3_index))
         .route("/openapi/v3/{*path}", get(openapi_v3))
+        .merge(crate::auth::review::routes())
         .merge(crate::rest::routes())
         .fallback(|| async { ApiError::NotFound("no such path".to_owned()) })
-        .layer(middleware::from_fn(authenticate))
+        .layer(middleware::from_fn_with_state(state.clone(), crate::auth::middleware))
         .with_state(state)
-}
-
-async fn authenticate(
-    auth: Option<Extension<Authenticated>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    match auth.and_then(|Extension(a)| a.0) {
-        Some(user) => {
-            tracing::debug!(user = %user.name, method = %request.method(), path = %request.uri().path(), "request");
-            next.run(request).await
-        }
-        None => ApiError::Unauthorized.into_response(),
-    }
 }
 
 type State = axum::extract::State<Arc<ApiState>>;
@@ -467,13 +483,19 @@ pub async fn bind(config: &Config) -> Result<Listener> {
             Arc::new(store)
         }
     };
-    let objects = crate::objects::Objects::new(store);
+    let objects = crate::objects::Objects::new(store.clone());
+    let signer = crate::auth::token::Signer::load_or_create(&pki_dir)
+        .map_err(|source| Error::ServiceAccountKey { dir: pki_dir.clone(), source })?;
     let state = Arc::new(
         ApiState::new(client.to_string())
-            .with_objects(objects)
-            .with_admission(crate::admission::Admission { services: config.services.clone() }),
+            .with_objects(objects.clone())
+            .with_admission(crate::admission::Admission { services: config.services.clone() })
+            .with_auth(crate::auth::Auth::new(Some(signer), Some(objects))),
     );
     crate::bootstrap::run(&state, client).await.map_err(|source| Error::Bootstrap { source })?;
+    // The first RBAC index before the first request; the refresher keeps it current.
+    state.auth().refresh().await.map_err(|source| Error::Bootstrap { source })?;
+    crate::auth::Auth::spawn_refresher(state.clone(), store);
     tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), kubeconfig = %kubeconfig.display(), "API server listening");
     Ok(Listener { listener, acceptor: TlsAcceptor::from(tls), router: router(state), kubeconfig })
 }
@@ -553,6 +575,7 @@ impl Listener {
 mod tests {
     use super::*;
     use axum::body::Body;
+    use axum::extract::Request;
     use http_body_util::BodyExt;
     use serde_json::Value;
     use std::sync::OnceLock;
