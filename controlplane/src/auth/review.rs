@@ -273,20 +273,14 @@ async fn token_review(
     Ok(created(req))
 }
 
-async fn self_subject_review(
-    State(state): State<Arc<ApiState>>,
-    Extension(user): Extension<User>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let mut req = if body.is_empty() {
-        json!({ "apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview" })
-    } else {
-        body_of(&headers, &body, &state, "SelfSubjectReview", "authentication.k8s.io/v1")?
-    };
-    req["metadata"] = json!({ "creationTimestamp": rfc3339(chrono::Utc::now().timestamp()) });
-    req["status"] = json!({ "userInfo": user.to_json() });
-    Ok(created(req))
+/// SelfSubjectReview has no spec: the body (JSON or kubectl's protobuf) is not read.
+async fn self_subject_review(Extension(user): Extension<User>) -> Response {
+    created(json!({
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "SelfSubjectReview",
+        "metadata": { "creationTimestamp": rfc3339(chrono::Utc::now().timestamp()) },
+        "status": { "userInfo": user.to_json() },
+    }))
 }
 
 /// The request a review's `resourceAttributes` or `nonResourceAttributes` describe.
