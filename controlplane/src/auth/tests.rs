@@ -19,6 +19,7 @@ use crate::server::{router, ApiState, Authenticated};
 
 struct H {
     state: Arc<ApiState>,
+    router: axum::Router,
     _dir: tempfile::TempDir,
 }
 
@@ -43,7 +44,7 @@ async fn h() -> H {
     state.auth().refresh().await.unwrap();
     review::write_aggregated(&state).await.unwrap();
     state.auth().refresh().await.unwrap();
-    H { state, _dir: dir }
+    H { router: router(state.clone()), state, _dir: dir }
 }
 
 impl H {
@@ -84,7 +85,9 @@ impl H {
             req = req.header("content-type", content_type);
         }
         let body = body.map(|b| Body::from(b.to_string())).unwrap_or_else(Body::empty);
-        let res = router(self.state.clone())
+        let res = self
+            .router
+            .clone()
             .layer(axum::Extension(Authenticated(cert)))
             .oneshot(req.body(body).unwrap())
             .await
@@ -636,4 +639,59 @@ fn authorizing_against_the_default_policy_takes_microseconds() {
     eprintln!("request info + RBAC decision: {per:?} per request (debug build)");
     assert_eq!(allowed, (0..n).filter(|i| i % 3 == 2).count(), "only /apis is allowed");
     assert!(per < std::time::Duration::from_millis(1), "{per:?}");
+}
+
+/// What authentication and authorization add to a request, by identity (printed; the
+/// assertion only catches a pathological regression). Debug build figures.
+#[tokio::test]
+async fn the_overhead_of_each_identity_is_measured() {
+    let h = h().await;
+    h.sa("default", "reader").await;
+    h.admin(
+        "POST",
+        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+        json!({ "metadata": { "name": "reader-view" },
+                "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view" },
+                "subjects": [{ "kind": "ServiceAccount", "name": "reader", "namespace": "default" }] }),
+    )
+    .await;
+    h.state.auth().refresh().await.unwrap();
+    let (_, tr) = h.token("default", "reader", json!({})).await;
+    let token = tr["status"]["token"].as_str().unwrap().to_owned();
+    h.admin(
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        json!({ "metadata": { "name": "cfg" } }),
+    )
+    .await;
+    h.admin(
+        "POST",
+        "/api/v1/namespaces/default/pods",
+        pod("a", "n1", json!({ "volumes": [{ "name": "c", "configMap": { "name": "cfg" } }] })),
+    )
+    .await;
+    let path = "/api/v1/namespaces/default/configmaps/cfg";
+    let n = 200u32;
+    let mut figures = Vec::new();
+    for (label, who) in [
+        ("system:masters certificate", 0),
+        ("service-account token (RBAC)", 1),
+        ("node certificate (node authorizer)", 2),
+    ] {
+        let start = std::time::Instant::now();
+        for _ in 0..n {
+            let w = match who {
+                0 => Who::Admin,
+                1 => Who::Bearer(&token),
+                _ => Who::Cert("system:node:n1", &["system:nodes"]),
+            };
+            let (s, _) = h.call(w, "GET", path, None).await;
+            assert_eq!(s, StatusCode::OK, "{label}");
+        }
+        figures.push((label, start.elapsed() / n));
+    }
+    for (label, per) in &figures {
+        eprintln!("GET configmap as {label}: {per:?} per request (debug build, in-process router)");
+    }
+    assert!(figures.iter().all(|(_, per)| *per < std::time::Duration::from_millis(100)));
 }
