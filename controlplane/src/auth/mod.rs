@@ -1,5 +1,5 @@
 //! Authentication and authorization of every request, as upstream's filter chain does it:
-//! authenticate, compute the [`RequestInfo`](request::RequestInfo), authorize, admit the
+//! authenticate, compute the [`RequestInfo`], authorize, admit the
 //! node's own writes, then hand the request on with its [`User`].
 //!
 //! Authentication, in order (the first that applies decides):

@@ -8,7 +8,7 @@
 //!   bound pod or secret, node) beside `iss`, `sub`, `aud`, `iat`, `nbf`, `exp` and `jti`.
 //! - [`Signer::verify`] checks the signature, the issuer and the time window; the audience and
 //!   the existence of the bound objects are the authenticator's checks
-//!   ([`super::authn`]). Legacy (secret-based, non-expiring) tokens are not issued nor accepted.
+//!   ([`super::Auth`]). Legacy (secret-based, non-expiring) tokens are not issued nor accepted.
 
 use std::path::{Path, PathBuf};
 
