@@ -446,6 +446,14 @@ pub struct Listener {
     acceptor: TlsAcceptor,
     router: Router,
     kubeconfig: PathBuf,
+    /// The RBAC index's refresher, which ends with the listener.
+    refresher: tokio::task::AbortHandle,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.refresher.abort();
+    }
 }
 
 /// Loads or creates the PKI under `DIR/pki`, binds the listen address, and writes
@@ -495,9 +503,15 @@ pub async fn bind(config: &Config) -> Result<Listener> {
     crate::bootstrap::run(&state, client).await.map_err(|source| Error::Bootstrap { source })?;
     // The first RBAC index before the first request; the refresher keeps it current.
     state.auth().refresh().await.map_err(|source| Error::Bootstrap { source })?;
-    crate::auth::Auth::spawn_refresher(state.clone(), store);
+    let refresher = crate::auth::Auth::spawn_refresher(state.clone(), store).abort_handle();
     tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), kubeconfig = %kubeconfig.display(), "API server listening");
-    Ok(Listener { listener, acceptor: TlsAcceptor::from(tls), router: router(state), kubeconfig })
+    Ok(Listener {
+        listener,
+        acceptor: TlsAcceptor::from(tls),
+        router: router(state),
+        kubeconfig,
+        refresher,
+    })
 }
 
 fn write_kubeconfig(pki: &Pki, path: &Path, server: &str) -> Result<()> {

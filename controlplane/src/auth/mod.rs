@@ -396,8 +396,11 @@ impl Auth {
 
     /// Keeps the RBAC index current: lists, writes aggregated roles' rules back, then waits on
     /// a watch of the RBAC prefix and starts again on every change (or after a second when the
-    /// watch fails). Runs until the store closes.
-    pub fn spawn_refresher(state: Arc<ApiState>, store: Arc<dyn keelson_store::Store>) {
+    /// watch fails). Runs until the store closes or the returned task is aborted.
+    pub fn spawn_refresher(
+        state: Arc<ApiState>,
+        store: Arc<dyn keelson_store::Store>,
+    ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let auth = state.auth().clone();
             loop {
@@ -446,7 +449,7 @@ impl Auth {
                     }
                 }
             }
-        });
+        })
     }
 }
 

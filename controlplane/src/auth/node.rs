@@ -17,7 +17,8 @@
 //!
 //! NodeRestriction ([`admit`]), run on a node's writes: a Node or Lease it creates must be its
 //! own; the pods it creates must be mirror pods bound to it; it may only delete, evict or
-//! update the status of pods bound to it; and it may not set or change labels of the
+//! update the status of pods bound to it; its service-account tokens must be bound to one of
+//! its pods that uses that service account; and it may not set or change labels of the
 //! `kubernetes.io`/`k8s.io` domains except the kubelet's own (hostname, os, arch, instance
 //! type, topology, `kubelet.kubernetes.io/*`, `node.kubernetes.io/*`) nor any
 //! `node-restriction.kubernetes.io/` label.
@@ -285,6 +286,7 @@ pub fn admission_applies(info: &RequestInfo) -> bool {
         ("", "nodes") => matches!(info.verb.as_str(), "create" | "update" | "patch"),
         ("", "pods") => matches!(info.verb.as_str(), "create" | "update" | "patch" | "delete"),
         ("coordination.k8s.io", "leases") => info.verb == "create",
+        ("", "serviceaccounts") => info.verb == "create" && info.subresource == "token",
         _ => false,
     }
 }
@@ -332,6 +334,36 @@ pub async fn admit(
             }
             Ok(())
         }
+        ("serviceaccounts", _) => {
+            let req = decode(content_type, body, schemas)?;
+            let bound = req.pointer("/spec/boundObjectRef").filter(|b| !b.is_null());
+            let pod_name = match bound {
+                Some(b) if b.get("kind").and_then(Value::as_str) == Some("Pod") => {
+                    b.get("name").and_then(Value::as_str).unwrap_or_default()
+                }
+                _ => {
+                    return Err(forbidden(format!(
+                        "node \"{node}\" requested a token not bound to a pod"
+                    )))
+                }
+            };
+            let pod = match objects.get(resource("pods")?, Some(ns), pod_name).await {
+                Ok(p) => p,
+                Err(e) if e.code == 404 => return Ok(()), // the handler answers 404
+                Err(e) => return Err(e),
+            };
+            if !bound_to(&pod, node) {
+                return Err(forbidden(format!(
+                    "node \"{node}\" requested a token bound to a pod scheduled on another node"
+                )));
+            }
+            if pod_refs(&pod).service_account != info.name {
+                return Err(forbidden(format!(
+                    "node requested token for a service account its pod \"{pod_name}\" does not use"
+                )));
+            }
+            Ok(())
+        }
         ("pods", "create") if info.subresource.is_empty() => {
             let pod = decode(content_type, body, schemas)?;
             let mirror = pod
@@ -374,6 +406,8 @@ pub async fn admit(
             Ok(())
         }
         ("pods", _) => Ok(()),
+        // A status write never changes labels (the strategy keeps everything but the status).
+        ("nodes", _) if info.subresource == "status" => Ok(()),
         ("nodes", verb) => {
             let obj = decode(content_type, body, schemas)?;
             let current = if verb == "create" {

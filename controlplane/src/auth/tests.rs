@@ -527,6 +527,30 @@ async fn a_node_reads_only_what_its_pods_need_and_writes_only_its_own_objects() 
         )
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
+    // Tokens only for its pods' service accounts, bound to those pods.
+    let token = |pod: Option<&str>| {
+        let mut spec = json!({});
+        if let Some(p) = pod {
+            spec["boundObjectRef"] = json!({ "kind": "Pod", "apiVersion": "v1", "name": p });
+        }
+        json!({ "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec })
+    };
+    let sa_token = "/api/v1/namespaces/default/serviceaccounts/default/token";
+    let (s, body) = h.call(n1(), "POST", sa_token, Some(token(Some("a")))).await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    for (pod, why) in [(None, "unbound"), (Some("b"), "another node's pod")] {
+        let (s, _) = h.call(n1(), "POST", sa_token, Some(token(pod))).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{why}");
+    }
+    let (s, _) = h
+        .call(
+            n1(),
+            "POST",
+            "/api/v1/namespaces/default/serviceaccounts/other/token",
+            Some(token(Some("a"))),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "a service account its pods do not use");
     // Without the group the name alone is nobody.
     let (s, _) = h.call(Who::Cert("system:node:n1", &[]), "GET", "/api/v1/nodes/n1", None).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
