@@ -7,7 +7,8 @@
 //!   non-resource request whose verb is the lowercase HTTP method.
 //! - Verbs: POST `create`, GET and HEAD `get`, PUT `update`, PATCH `patch` (apply too), DELETE
 //!   `delete`; a GET without a name is `list`, or `watch` with `watch=true` (or the deprecated
-//!   `/watch/` path prefix); a DELETE without a name is `deletecollection`.
+//!   `/watch/` path prefix; `/proxy/` makes `proxy`); a DELETE without a name is
+//!   `deletecollection`. Only those collection requests carry a `fieldSelector`.
 //! - `namespaces/<ns>/<resource>/…` scopes a request to a namespace; `namespaces/<ns>`,
 //!   `namespaces/<ns>/status` and `namespaces/<ns>/finalize` are the Namespace itself.
 //! - A list whose field selector is exactly `metadata.name=<name>` names that object (how
@@ -67,10 +68,13 @@ pub fn parse(method: &str, path: &str, query: Option<&str>) -> RequestInfo {
         _ => return info,
     }
     info.is_resource_request = true;
-    let mut watch_prefix = false;
-    if parts.first() == Some(&"watch") {
-        watch_prefix = true;
-        parts.remove(0);
+    // The deprecated verb prefixes: `/api/v1/watch/…` and `/api/v1/proxy/…`.
+    let mut special = None;
+    if let Some(&verb @ ("watch" | "proxy")) = parts.first() {
+        if parts.len() >= 2 {
+            special = Some(verb);
+            parts.remove(0);
+        }
     }
     info.verb = match method {
         "POST" => "create",
@@ -81,8 +85,8 @@ pub fn parse(method: &str, path: &str, query: Option<&str>) -> RequestInfo {
         other => return RequestInfo { verb: other.to_ascii_lowercase(), ..info },
     }
     .to_owned();
-    if watch_prefix {
-        info.verb = "watch".to_owned();
+    if let Some(verb) = special {
+        info.verb = verb.to_owned();
     }
     if parts.first() == Some(&"namespaces") {
         if let Some(ns) = parts.get(1) {
@@ -100,24 +104,34 @@ pub fn parse(method: &str, path: &str, query: Option<&str>) -> RequestInfo {
     if let Some(n) = parts.get(1) {
         info.name = (*n).to_owned();
     }
-    if let Some(s) = parts.get(2) {
+    // A proxy's further parts are the proxied path, not a subresource.
+    if let (Some(s), false) = (parts.get(2), special == Some("proxy")) {
         info.subresource = (*s).to_owned();
     }
+    // Selectors count only on collections: a GET without a name (list or watch, by the
+    // `watch` parameter) and a DELETE without one (deletecollection). The first
+    // `fieldSelector` parameter wins.
     let params = query_params(query.unwrap_or_default());
-    if let Some((_, sel)) = params.iter().find(|(k, _)| k == "fieldSelector") {
-        info.field_selector = sel.clone();
-    }
+    let selector = || {
+        params
+            .iter()
+            .find(|(k, _)| k == "fieldSelector")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
     if info.name.is_empty() && info.verb == "get" {
-        let watch = params.iter().any(|(k, v)| k == "watch" && matches!(v.as_str(), "true" | "1"));
+        let watch = params
+            .iter()
+            .find(|(k, _)| k == "watch")
+            .is_some_and(|(_, v)| matches!(v.as_str(), "1" | "t" | "T" | "true" | "TRUE" | "True"));
         info.verb = if watch { "watch" } else { "list" }.to_owned();
-    }
-    if info.name.is_empty() && matches!(info.verb.as_str(), "list" | "watch") {
+        info.field_selector = selector();
         if let Some(name) = exact_name(&info.field_selector) {
             info.name = name;
         }
-    }
-    if info.name.is_empty() && info.verb == "delete" {
+    } else if info.name.is_empty() && info.verb == "delete" {
         info.verb = "deletecollection".to_owned();
+        info.field_selector = selector();
     }
     if info.resource == "pods" && STREAMING.contains(&info.subresource.as_str()) {
         info.verb = "create".to_owned();
@@ -230,6 +244,16 @@ mod tests {
             ("GET", "/api/v1/namespaces/other/pods/foo/attach", "create", "v1", "other", "pods", "foo", "", "attach"),
             ("GET", "/api/v1/namespaces/other/pods/foo/portforward", "create", "v1", "other", "pods", "foo", "", "portforward"),
             ("GET", "/api/v1/nodes/n1", "get", "v1", "", "nodes", "n1", "", ""),
+            ("HEAD", "/api/v1/pods", "list", "v1", "", "pods", "", "", ""),
+            ("GET", "/api/v1/namespaces/other/pods?watch=0", "list", "v1", "other", "pods", "", "", ""),
+            ("GET", "/api/v1/proxy/namespaces/other/pods/foo", "proxy", "v1", "other", "pods", "foo", "", ""),
+            ("GET", "/api/v1/proxy/namespaces/other/pods/foo/subpath/not/a/subresource", "proxy", "v1", "other", "pods", "foo", "", ""),
+            ("GET", "/api/v1/namespaces/other/pods/foo/proxy/subpath", "get", "v1", "other", "pods", "foo", "", "proxy"),
+            ("DELETE", "/api/v1/nodes", "deletecollection", "v1", "", "nodes", "", "", ""),
+            ("DELETE", "/api/v1/namespaces", "deletecollection", "v1", "", "namespaces", "", "", ""),
+            ("DELETE", "/apis/extensions/v1/namespaces/other/pods", "deletecollection", "v1", "other", "pods", "", "extensions", ""),
+            ("POST", "/apis/extensions/v1beta3/namespaces/other/pods", "create", "v1beta3", "other", "pods", "", "extensions", ""),
+            ("GET", "/apis/batch/v1/job/foo/scale", "get", "v1", "", "job", "foo", "batch", "scale"),
         ];
         for &(method, url, verb, version, ns, resource, name, group, sub) in cases {
             let (path, query) = match url.split_once('?') {
@@ -254,6 +278,32 @@ mod tests {
         }
     }
 
+    /// Upstream's `TestSelectorParsing`: name, verb and field selector.
+    #[test]
+    fn field_selectors_count_only_on_collections() {
+        for (method, url, name, verb, selector) in [
+            ("GET", "/apis/group/version/resource", "", "list", ""),
+            ("GET", "/apis/group/version/resource?fieldSelector=metadata.name=name1", "name1", "list", "metadata.name=name1"),
+            ("GET", "/apis/group/version/resource?watch=true&fieldSelector=metadata.name=name1", "name1", "watch", "metadata.name=name1"),
+            ("GET", "/apis/group/version/resource?fieldSelector=foo=bar&labelSelector=baz=qux", "", "list", "foo=bar"),
+            ("GET", "/apis/group/version/resource?fieldSelector=metadata.name=name1,foo", "", "list", "metadata.name=name1,foo"),
+            ("GET", "/apis/group/version/resource?fieldSelector=metadata.name=name1,foo&watch=true", "", "watch", "metadata.name=name1,foo"),
+            ("DELETE", "/apis/group/version/resource?fieldSelector=foo=bar", "", "deletecollection", "foo=bar"),
+            ("GET", "/apis/group/version/resource?fieldSelector=metadata.name=foo&fieldSelector=metadata.name=bar", "foo", "list", "metadata.name=foo"),
+            ("GET", "/apis/group/version/resource/name?fieldSelector=foo=bar", "name", "get", ""),
+            ("GET", "/apis/group/version/watch/resource?fieldSelector=metadata.name=foo", "", "watch", ""),
+            ("GET", "/apis/group/version/watch/resource/name?fieldSelector=metadata.name=foo", "name", "watch", ""),
+        ] {
+            let (path, query) = url.split_once('?').map_or((url, None), |(p, q)| (p, Some(q)));
+            let info = parse(method, path, query);
+            assert_eq!(
+                (info.name.as_str(), info.verb.as_str(), info.field_selector.as_str()),
+                (name, verb, selector),
+                "{method} {url}"
+            );
+        }
+    }
+
     #[test]
     fn discovery_and_health_paths_are_non_resource_requests() {
         for (method, path, verb) in [
@@ -268,6 +318,10 @@ mod tests {
             ("PUT", "/api", "put"),
             ("GET", "/api/v1", "get"),
             ("GET", "/apis/apps/v1", "get"),
+            ("GET", "/api/version/", "get"),
+            ("GET", "/apis/group/version/", "get"),
+            ("GET", "/badprefix/version/resource", "get"),
+            ("GET", "/apis/version/resource", "get"),
         ] {
             let info = parse(method, path, None);
             assert!(!info.is_resource_request, "{path}");
