@@ -2,8 +2,8 @@
 //! (`plugin/pkg/auth/authorizer/rbac/bootstrappolicy`): the user-facing roles (`cluster-admin`,
 //! `admin`, `edit`, `view`, the last three aggregated from the `system:aggregate-to-*` roles),
 //! discovery and self-review roles every authenticated user has, the component roles
-//! (`system:node`, `system:node-proxier`, `system:kube-scheduler`,
-//! `system:kube-controller-manager`), the node-bootstrap CSR roles and their bindings to
+//! (`system:node`, `system:node-proxier`, `system:kube-scheduler`, `system:volume-scheduler`,
+//! `system:kube-controller-manager`, `system:kube-dns`), the node-bootstrap CSR roles and their bindings to
 //! `system:bootstrappers` and `system:nodes` (what kubeadm adds for TLS bootstrapping).
 //!
 //! [`ensure`] runs at every start: missing objects are created; existing ones annotated
@@ -208,8 +208,6 @@ pub fn cluster_roles() -> Vec<Value> {
                 rule(&["batch"], &["cronjobs", "jobs"], WRITE),
                 rule(&["policy"], &["poddisruptionbudgets"], WRITE),
                 rule(&["networking.k8s.io"], &["ingresses", "networkpolicies"], WRITE),
-                rule(&["coordination.k8s.io"], &["leases"], RW),
-                rule(&["discovery.k8s.io"], &["endpointslices"], WRITE),
             ],
         ),
         role(
@@ -310,12 +308,17 @@ pub fn cluster_roles() -> Vec<Value> {
                 rule(&[""], &["pods"], &["delete", "get", "list", "watch"]),
                 rule(&[""], &["bindings", "pods/binding"], &["create"]),
                 rule(&[""], &["pods/status"], &["patch", "update"]),
-                rule(&[""], &["replicationcontrollers", "services"], &["list", "watch"]),
-                rule(&["apps"], &["replicasets", "statefulsets"], &["list", "watch"]),
-                rule(&["policy"], &["poddisruptionbudgets"], &["list", "watch"]),
-                rule(&[""], &["persistentvolumeclaims", "persistentvolumes"], &["list", "watch"]),
+                rule(&[""], &["replicationcontrollers", "services"], READ),
+                rule(&["apps"], &["replicasets", "statefulsets"], READ),
+                rule(&["policy"], &["poddisruptionbudgets"], READ),
+                rule(&[""], &["persistentvolumeclaims", "persistentvolumes"], READ),
                 rule(&["authentication.k8s.io"], &["tokenreviews"], &["create"]),
                 rule(&["authorization.k8s.io"], &["subjectaccessreviews"], &["create"]),
+                rule(
+                    &["storage.k8s.io"],
+                    &["csidrivers", "csinodes", "csistoragecapacities"],
+                    READ,
+                ),
             ],
         ),
         role(
@@ -339,6 +342,23 @@ pub fn cluster_roles() -> Vec<Value> {
                 rule(&["*"], &["*"], &["list", "watch"]),
                 rule(&[""], &["serviceaccounts/token"], &["create"]),
             ],
+        ),
+        role(
+            "system:volume-scheduler",
+            &[],
+            vec![
+                rule(
+                    &[""],
+                    &["persistentvolumeclaims", "persistentvolumes"],
+                    &["get", "list", "patch", "update", "watch"],
+                ),
+                rule(&["storage.k8s.io"], &["storageclasses"], READ),
+            ],
+        ),
+        role(
+            "system:kube-dns",
+            &[],
+            vec![rule(&[""], &["endpoints", "services"], &["list", "watch"])],
         ),
         role(
             "system:node-bootstrapper",
@@ -448,6 +468,13 @@ pub fn cluster_role_bindings() -> Vec<Value> {
         same("system:node-proxier", vec![user("system:kube-proxy")]),
         same("system:kube-controller-manager", vec![user("system:kube-controller-manager")]),
         same("system:kube-scheduler", vec![user("system:kube-scheduler")]),
+        same("system:volume-scheduler", vec![user("system:kube-scheduler")]),
+        same(
+            "system:kube-dns",
+            vec![
+                json!({ "kind": "ServiceAccount", "name": "kube-dns", "namespace": "kube-system" }),
+            ],
+        ),
         same("system:node", vec![]),
         // TLS bootstrapping (kubeadm's bindings): bootstrap tokens may ask for a node client
         // certificate, nodes may renew their own.
