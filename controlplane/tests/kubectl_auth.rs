@@ -204,6 +204,22 @@ async fn kubectl_auth_can_i_and_whoami_answer_for_the_admin() -> Result<()> {
     })
     .await?;
     ensure!(!view.contains("secrets"), "view reads no secrets: {view}");
+    // A new role labelled for `view` reaches view, edit and admin through the store watch.
+    let widgets = s.manifest(
+        "widgets.yaml",
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: widgets-view\n  labels: {rbac.authorization.k8s.io/aggregate-to-view: \"true\"}\nrules: [{apiGroups: [example.com], resources: [widgets], verbs: [get]}]\n",
+    )?;
+    s.ok(&admin, &["create", "-f", &widgets]).await?;
+    for role in ["view", "edit", "admin"] {
+        eventually(&format!("{role} aggregates widgets"), || async {
+            let r = s
+                .ok(&admin, &["get", "clusterrole", role, "-o", "jsonpath={.rules[*].resources}"])
+                .await?;
+            ensure!(r.contains("widgets"), "{role}: {r}");
+            Ok(r)
+        })
+        .await?;
+    }
     s.stop().await
 }
 
