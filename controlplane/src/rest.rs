@@ -126,7 +126,8 @@ async fn list(
 ) -> Result<Response, ApiError> {
     let t = target(&p, true)?;
     if crate::watch::is_watch(&q) {
-        return crate::watch::serve(objects(&state)?, t.resource, t.namespace, &q).await;
+        let repr = representation(&headers)?;
+        return crate::watch::serve(objects(&state)?, t.resource, t.namespace, &q, repr).await;
     }
     let selectors = Selectors::parse(
         q.get("labelSelector").map(String::as_str),
@@ -192,7 +193,7 @@ async fn list(
     }
 }
 
-fn representation(headers: &HeaderMap) -> Result<Representation, ApiError> {
+pub(crate) fn representation(headers: &HeaderMap) -> Result<Representation, ApiError> {
     printers::negotiate(headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok()))
 }
 

@@ -744,7 +744,8 @@ async fn kubectl_get_watch_and_selectors_work_against_the_server() -> Result<()>
     // `kubectl get pods -w` lists, then follows every pod; `kubectl get pod web -w
     // --output-watch-events` follows one pod by name.
     let mut all = Watching::start(&s, &["get", "pods", "-w"]).await?;
-    all.expect(&["web"]).await?;
+    // The server's Table columns: READY and STATUS, not only NAME and AGE.
+    all.expect(&["web", "0/1", "Pending"]).await?;
     let mut one =
         Watching::start(&s, &["get", "pod", "web", "-w", "--output-watch-events"]).await?;
     one.expect(&["ADDED", "web"]).await?;
