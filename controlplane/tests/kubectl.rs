@@ -636,6 +636,22 @@ async fn kubectl_sees_system_namespaces_the_kubernetes_service_and_allocated_ser
     let err = c.fails(&["create", "-f", &clash]).await?;
     ensure!(err.contains("provided port is already allocated"), "clash: {err}");
 
+    // deletecollection: what the selector picks goes, the rest stays.
+    for (name, batch) in [("old-a", "old"), ("old-b", "old"), ("new-a", "new")] {
+        c.ok(&["create", "configmap", name, "--from-literal=k=v"]).await?;
+        c.ok(&["label", "configmap", name, &format!("batch={batch}")]).await?;
+    }
+    let out = c
+        .ok(&["delete", "--raw", "/api/v1/namespaces/default/configmaps?labelSelector=batch%3Dold"])
+        .await?;
+    let deleted: serde_json::Value = serde_json::from_str(&out)?;
+    ensure!(
+        deleted["kind"] == "ConfigMapList" && deleted["items"].as_array().map(Vec::len) == Some(2),
+        "deletecollection: {deleted:#}"
+    );
+    let left = c.ok(&["get", "configmaps", "-l", "batch", "-o", "name"]).await?;
+    ensure!(left.trim() == "configmap/new-a", "after deletecollection: {left}");
+
     // Namespace lifecycle.
     let err = c.fails(&["delete", "namespace", "default"]).await?;
     ensure!(err.contains("may not be deleted"), "delete default: {err}");
