@@ -79,6 +79,13 @@ pub enum Error {
         #[source]
         source: Box<keelson_store::embedded::Error>,
     },
+    /// The key file for Secrets at rest is unusable.
+    #[error("the encryption key file")]
+    EncryptionKeys {
+        /// The cause.
+        #[source]
+        source: Box<keelson_store::encrypted::KeyFileError>,
+    },
     /// The system namespaces or the `kubernetes` Service could not be written.
     #[error("bootstrap the cluster's system objects")]
     Bootstrap {
@@ -112,6 +119,9 @@ pub struct Config {
     pub advertise: Option<IpAddr>,
     /// Where objects live.
     pub store: StoreChoice,
+    /// The key file Secrets are encrypted at rest with (`None`:
+    /// `DIR/pki/secrets-encryption.key`, created on first start).
+    pub encryption_key_file: Option<PathBuf>,
     /// The service CIDR and node-port range.
     pub services: crate::admission::ServiceNetwork,
     /// How much history the store keeps: every `compaction_interval` (sampled more often) it
@@ -520,6 +530,18 @@ pub async fn bind(config: &Config) -> Result<Listener> {
             Arc::new(store)
         }
     };
+    let key_file = config
+        .encryption_key_file
+        .clone()
+        .unwrap_or_else(|| pki_dir.join("secrets-encryption.key"));
+    let keys = keelson_store::encrypted::KeyFile::load_or_create(&key_file)
+        .map_err(|source| Error::EncryptionKeys { source: Box::new(source) })?;
+    let store: Arc<dyn keelson_store::Store> =
+        Arc::new(keelson_store::encrypted::EncryptedStore::new(
+            store,
+            keys,
+            vec![b"/registry/secrets/".to_vec()],
+        ));
     let cache_opts = keelson_store::watch_cache::Options {
         max_age: Some(config.compaction_interval),
         ..Default::default()
@@ -742,6 +764,7 @@ mod tests {
             listen: "0.0.0.0:6443".parse().unwrap(),
             advertise: None,
             store: StoreChoice::Embedded,
+            encryption_key_file: None,
             services: Default::default(),
             compaction_interval: DEFAULT_COMPACTION_INTERVAL,
         };

@@ -39,6 +39,7 @@ impl Server {
             advertise: None,
             compaction_interval,
             store: Default::default(),
+            encryption_key_file: None,
             services: Default::default(),
         };
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();

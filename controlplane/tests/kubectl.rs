@@ -73,6 +73,7 @@ impl Cluster {
             listen: "127.0.0.1:0".parse()?,
             advertise: None,
             store: Default::default(),
+            encryption_key_file: None,
             services: Default::default(),
             compaction_interval: DEFAULT_COMPACTION_INTERVAL,
         };
@@ -506,6 +507,13 @@ async fn kubectl_patches_applies_scales_and_labels_with_field_ownership() -> Res
         sec["data"]["password"] == "aHVudGVyMg==" && sec["type"] == "Opaque",
         "secret: {sec:#}"
     );
+    // Secrets are encrypted at rest: the store file never holds the value.
+    let db = std::fs::read(c.dir.path().join("data/store.redb"))?;
+    ensure!(
+        !db.windows(12).any(|w| w == b"aHVudGVyMg=="),
+        "the store holds the secret in the clear"
+    );
+    ensure!(db.windows(18).any(|w| w == b"k8s:enc:aesgcm:v1:"), "no sealed value in the store");
     c.ok(&["create", "service", "clusterip", "gen-svc", "--tcp=80:8080"]).await?;
     let svc = c.get_json(&["service", "gen-svc"]).await?;
     ensure!(
