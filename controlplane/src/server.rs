@@ -311,6 +311,8 @@ pub struct Authenticated(pub Option<UserInfo>);
 pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/version", get(version))
+        // The Python client asks for `/version/`.
+        .route("/version/", get(version))
         .route("/healthz", get(health))
         .route("/livez", get(health))
         .route("/readyz", get(health))
