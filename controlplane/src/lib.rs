@@ -20,6 +20,7 @@
 //! - [`bootstrap`]: the system namespaces and the `kubernetes` Service at every start;
 //! - [`defaults`]: upstream's `SetDefaults_*` for the served kinds;
 //! - [`validation`]: upstream's validation rules with its field paths and messages;
+//! - [`fuzzing`]: what the fuzz target (`controlplane/fuzz`) runs on every input;
 //! - [`pipeline`]: the write pipeline (decode, patch, field validation, strategy, field
 //!   ownership, store) behind every create, update and patch;
 //! - [`printers`]: `Table`s for `kubectl get` and `PartialObjectMetadata`, by `Accept`;
@@ -44,6 +45,7 @@ pub mod bootstrap;
 pub mod defaults;
 pub mod discovery;
 pub mod fields;
+pub mod fuzzing;
 pub mod managed;
 pub mod objects;
 pub mod patch;
