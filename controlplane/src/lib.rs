@@ -21,6 +21,7 @@
 //! - [`defaults`]: upstream's `SetDefaults_*` for the served kinds;
 //! - [`validation`]: upstream's validation rules with its field paths and messages;
 //! - [`fuzzing`]: what the fuzz target (`controlplane/fuzz`) runs on every input;
+//! - [`metrics`]: `/metrics` under upstream's metric names;
 //! - [`pipeline`]: the write pipeline (decode, patch, field validation, strategy, field
 //!   ownership, store) behind every create, update and patch;
 //! - [`printers`]: `Table`s for `kubectl get` and `PartialObjectMetadata`, by `Accept`;
@@ -47,6 +48,7 @@ pub mod discovery;
 pub mod fields;
 pub mod fuzzing;
 pub mod managed;
+pub mod metrics;
 pub mod objects;
 pub mod patch;
 pub mod pipeline;

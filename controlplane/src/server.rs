@@ -239,6 +239,7 @@ pub struct ApiState {
     objects: Option<crate::objects::Objects>,
     admission: crate::admission::Admission,
     snapshots: Option<Arc<keelson_store::embedded::EmbeddedStore>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl ApiState {
@@ -261,6 +262,7 @@ impl ApiState {
             objects: None,
             admission: crate::admission::Admission::default(),
             snapshots: None,
+            metrics: Arc::new(crate::metrics::Metrics::new()),
         }
     }
 
@@ -327,8 +329,19 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route(crate::snapshot::PATH, get(snapshot))
         .merge(crate::rest::routes())
         .fallback(|| async { ApiError::NotFound("no such path".to_owned()) })
+        .route("/metrics", get(metrics))
         .layer(middleware::from_fn(authenticate))
+        .layer(middleware::from_fn_with_state(state.metrics.clone(), crate::metrics::track))
         .with_state(state)
+}
+
+/// `GET /metrics`: the Prometheus text exposition.
+async fn metrics(axum::extract::State(state): axum::extract::State<Arc<ApiState>>) -> Response {
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics.render(),
+    )
+        .into_response()
 }
 
 /// `GET /keelson/v1/snapshot`: a consistent copy of the embedded store.

@@ -244,6 +244,16 @@ async fn kubectl_discovers_explains_and_versions_against_the_server() -> Result<
             .await?;
     ensure!(out == "c", "configmap data after replace: {out:?}");
 
+    // /metrics under upstream's names, counting what kubectl just did.
+    let metrics = kubectl_ok(&kubeconfig, &home, &["get", "--raw", "/metrics"]).await?;
+    ensure!(
+        metrics.lines().any(|l| l.starts_with("apiserver_request_total{")
+            && l.contains("verb=\"create\"")
+            && l.contains("resource=\"configmaps\"")),
+        "metrics:\n{metrics}"
+    );
+    ensure!(metrics.contains("process_resident_memory_bytes"), "metrics:\n{metrics}");
+
     // version reports the server's version.
     let out = kubectl_ok(&kubeconfig, &home, &["version"]).await?;
     ensure!(out.contains("Server Version: v1.33.0"), "version:\n{out}");
