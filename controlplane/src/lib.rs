@@ -22,6 +22,7 @@
 //! - [`validation`]: upstream's validation rules with its field paths and messages;
 //! - [`fuzzing`]: what the fuzz target (`controlplane/fuzz`) runs on every input;
 //! - [`metrics`]: `/metrics` under upstream's metric names;
+//! - [`audit`]: the audit log (JSON lines at the Metadata level);
 //! - [`pipeline`]: the write pipeline (decode, patch, field validation, strategy, field
 //!   ownership, store) behind every create, update and patch;
 //! - [`printers`]: `Table`s for `kubectl get` and `PartialObjectMetadata`, by `Accept`;
@@ -42,6 +43,7 @@
 
 pub mod admission;
 pub mod apply;
+pub mod audit;
 pub mod bootstrap;
 pub mod defaults;
 pub mod discovery;

@@ -125,32 +125,38 @@ impl Metrics {
     }
 }
 
-/// What upstream's RequestInfo calls a request: verb, group, version, resource, subresource,
-/// scope.
-fn describe(method: &http::Method, path: &str, query: &str) -> RequestLabels {
+/// What upstream's RequestInfo calls a request (shared with the audit log).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct RequestInfo {
+    pub verb: String,
+    pub group: String,
+    pub version: String,
+    pub resource: String,
+    pub subresource: String,
+    pub scope: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+/// Derives a request's [`RequestInfo`] from its method, path and query as upstream does.
+pub(crate) fn request_info(method: &http::Method, path: &str, query: &str) -> RequestInfo {
     let segments: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
     let watch = query.split('&').any(|kv| kv == "watch=true" || kv == "watch=1");
     let (group, version, rest): (&str, &str, &[&str]) = match segments.as_slice() {
         ["api", v, rest @ ..] => ("", v, rest),
         ["apis", g, v, rest @ ..] => (g, v, rest),
         _ => {
-            return RequestLabels {
+            return RequestInfo {
                 verb: method.as_str().to_ascii_lowercase(),
-                group: String::new(),
-                version: String::new(),
-                resource: String::new(),
-                subresource: String::new(),
-                scope: String::new(),
+                ..RequestInfo::default()
             }
         }
     };
-    let rest = match rest {
-        ["watch", tail @ ..] => tail,
-        other => other,
-    };
-    let (scope, rest) = match rest {
-        ["namespaces", _ns, tail @ ..] if !tail.is_empty() => ("namespace", tail),
-        _ => ("cluster", rest),
+    let legacy_watch = rest.first() == Some(&"watch");
+    let rest = if legacy_watch { &rest[1..] } else { rest };
+    let (scope, namespace, rest) = match rest {
+        ["namespaces", ns, tail @ ..] if !tail.is_empty() => ("namespace", *ns, tail),
+        _ => ("cluster", "", rest),
     };
     let (resource, name, subresource) = match rest {
         [] => ("", None, ""),
@@ -158,35 +164,39 @@ fn describe(method: &http::Method, path: &str, query: &str) -> RequestLabels {
         [r, n] => (*r, Some(*n), ""),
         [r, n, s, ..] => (*r, Some(*n), *s),
     };
-    let legacy_watch = segments.contains(&"watch");
     let verb = match (method.as_str(), name.is_some()) {
-        ("GET", _) if watch || legacy_watch => "watch",
-        ("GET", false) => "list",
-        ("GET", true) => "get",
-        ("POST", _) => "create",
-        ("PUT", _) => "update",
-        ("PATCH", _) => "patch",
-        ("DELETE", false) => "deletecollection",
-        ("DELETE", true) => "delete",
-        (m, _) => {
-            return RequestLabels {
-                verb: m.to_ascii_lowercase(),
-                group: group.into(),
-                version: version.into(),
-                resource: resource.into(),
-                subresource: subresource.into(),
-                scope: scope.into(),
-            }
-        }
+        ("GET", _) if watch || legacy_watch => "watch".to_owned(),
+        ("GET", false) => "list".to_owned(),
+        ("GET", true) => "get".to_owned(),
+        ("POST", _) => "create".to_owned(),
+        ("PUT", _) => "update".to_owned(),
+        ("PATCH", _) => "patch".to_owned(),
+        ("DELETE", false) => "deletecollection".to_owned(),
+        ("DELETE", true) => "delete".to_owned(),
+        (m, _) => m.to_ascii_lowercase(),
     };
     let scope = if scope == "cluster" && name.is_some() { "resource" } else { scope };
-    RequestLabels {
-        verb: verb.into(),
+    RequestInfo {
+        verb,
         group: group.into(),
         version: version.into(),
         resource: resource.into(),
         subresource: subresource.into(),
         scope: scope.into(),
+        namespace: namespace.into(),
+        name: name.unwrap_or_default().into(),
+    }
+}
+
+fn describe(method: &http::Method, path: &str, query: &str) -> RequestLabels {
+    let i = request_info(method, path, query);
+    RequestLabels {
+        verb: i.verb,
+        group: i.group,
+        version: i.version,
+        resource: i.resource,
+        subresource: i.subresource,
+        scope: i.scope,
     }
 }
 

@@ -79,6 +79,15 @@ pub enum Error {
         #[source]
         source: Box<keelson_store::embedded::Error>,
     },
+    /// The audit log could not be opened.
+    #[error("open the audit log {path}")]
+    Audit {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The key file for Secrets at rest is unusable.
     #[error("the encryption key file")]
     EncryptionKeys {
@@ -119,6 +128,8 @@ pub struct Config {
     pub advertise: Option<IpAddr>,
     /// Where objects live.
     pub store: StoreChoice,
+    /// The audit log (`None`: `DIR/audit.log`).
+    pub audit_log: Option<PathBuf>,
     /// The key file Secrets are encrypted at rest with (`None`:
     /// `DIR/pki/secrets-encryption.key`, created on first start).
     pub encryption_key_file: Option<PathBuf>,
@@ -240,6 +251,7 @@ pub struct ApiState {
     admission: crate::admission::Admission,
     snapshots: Option<Arc<keelson_store::embedded::EmbeddedStore>>,
     metrics: Arc<crate::metrics::Metrics>,
+    audit: Option<Arc<crate::audit::AuditLog>>,
 }
 
 impl ApiState {
@@ -263,6 +275,7 @@ impl ApiState {
             admission: crate::admission::Admission::default(),
             snapshots: None,
             metrics: Arc::new(crate::metrics::Metrics::new()),
+            audit: None,
         }
     }
 
@@ -280,6 +293,12 @@ impl ApiState {
     /// The schema source.
     pub fn schemas(&self) -> &Schemas {
         &self.schemas
+    }
+
+    /// The same state recording every request in `log`.
+    pub fn with_audit(mut self, log: crate::audit::AuditLog) -> ApiState {
+        self.audit = Some(Arc::new(log));
+        self
     }
 
     /// The same state serving snapshots of this embedded store.
@@ -311,7 +330,7 @@ pub struct Authenticated(pub Option<UserInfo>);
 /// The API router. Requests need an [`Authenticated`] extension with a user; without one they
 /// get 401.
 pub fn router(state: Arc<ApiState>) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/version", get(version))
         // The Python client asks for `/version/`.
         .route("/version/", get(version))
@@ -331,8 +350,12 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .fallback(|| async { ApiError::NotFound("no such path".to_owned()) })
         .route("/metrics", get(metrics))
         .layer(middleware::from_fn(authenticate))
-        .layer(middleware::from_fn_with_state(state.metrics.clone(), crate::metrics::track))
-        .with_state(state)
+        .layer(middleware::from_fn_with_state(state.metrics.clone(), crate::metrics::track));
+    let router = match state.audit.clone() {
+        Some(log) => router.layer(middleware::from_fn_with_state(log, crate::audit::record)),
+        None => router,
+    };
+    router.with_state(state)
 }
 
 /// `GET /metrics`: the Prometheus text exposition.
@@ -568,6 +591,10 @@ pub async fn bind(config: &Config) -> Result<Listener> {
     if let Some(e) = embedded {
         state = state.with_snapshots(e);
     }
+    let audit_path = config.audit_log.clone().unwrap_or_else(|| config.data_dir.join("audit.log"));
+    let audit = crate::audit::AuditLog::start(audit_path.clone())
+        .map_err(|source| Error::Audit { path: audit_path, source })?;
+    state = state.with_audit(audit);
     let state = Arc::new(state);
     crate::bootstrap::run(&state, client).await.map_err(|source| Error::Bootstrap { source })?;
     tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), kubeconfig = %kubeconfig.display(), "API server listening");
@@ -631,8 +658,11 @@ impl Listener {
                     .peer_certificates()
                     .and_then(|c| c.first())
                     .and_then(|c| pki::user_of(c));
-                let service =
-                    TowerToHyperService::new(router.layer(Extension(Authenticated(user))));
+                let service = TowerToHyperService::new(
+                    router
+                        .layer(Extension(Authenticated(user)))
+                        .layer(Extension(crate::audit::Peer(peer))),
+                );
                 let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                 if let Err(e) =
                     builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await
@@ -780,6 +810,7 @@ mod tests {
             advertise: None,
             store: StoreChoice::Embedded,
             encryption_key_file: None,
+            audit_log: None,
             services: Default::default(),
             compaction_interval: DEFAULT_COMPACTION_INTERVAL,
         };

@@ -74,6 +74,7 @@ impl Cluster {
             advertise: None,
             store: Default::default(),
             encryption_key_file: None,
+            audit_log: None,
             services: Default::default(),
             compaction_interval: DEFAULT_COMPACTION_INTERVAL,
         };
@@ -271,6 +272,27 @@ async fn kubectl_discovers_explains_and_versions_against_the_server() -> Result<
     let err = String::from_utf8_lossy(&out.stderr);
     ensure!(err.contains("Unauthorized"), "anonymous error: {err}");
 
+    // The audit log has a line per request: who did what to which object, and the answer.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let audit = std::fs::read_to_string(dir.join("data/audit.log"))?;
+    let events: Vec<serde_json::Value> =
+        audit.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    ensure!(
+        events.iter().any(|e| e["verb"] == "create"
+            && e["objectRef"]["resource"] == "configmaps"
+            && e["objectRef"]["namespace"] == "default"
+            && e["user"]["username"] == "kubernetes-admin"
+            && e["responseStatus"]["code"] == 201),
+        "no audit event for the configmap create:\n{audit}"
+    );
+    ensure!(
+        events
+            .iter()
+            .any(|e| e["user"]["username"] == "system:anonymous"
+                && e["responseStatus"]["code"] == 401),
+        "no audit event for the anonymous request"
+    );
+    ensure!(events.iter().all(|e| e["kind"] == "Event" && e["level"] == "Metadata"), "{audit}");
     c.stop().await
 }
 
