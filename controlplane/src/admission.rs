@@ -410,6 +410,12 @@ impl Allocator<'_> {
         let mut ports: Vec<Value> =
             spec.get("ports").and_then(Value::as_array).cloned().unwrap_or_default();
         let mut kept: Vec<u16> = Vec::new();
+        // Ports asked for by number are taken before free ones are chosen for the others.
+        let asked: Vec<u16> = ports
+            .iter()
+            .filter_map(|p| p.get("nodePort")?.as_u64().and_then(|n| u16::try_from(n).ok()))
+            .filter(|&n| n != 0)
+            .collect();
         for (i, p) in ports.iter_mut().enumerate() {
             let given = p.get("nodePort").and_then(Value::as_i64).filter(|&n| n != 0);
             if !wants_node_ports {
@@ -452,7 +458,8 @@ impl Allocator<'_> {
                 None => match old_ports.iter().find(|(op, opr, _)| *op == port && *opr == proto) {
                     Some((_, _, n)) => *n,
                     None => {
-                        let n = self.free_port(&kept).ok_or_else(|| {
+                        let taken: Vec<u16> = kept.iter().chain(&asked).copied().collect();
+                        let n = self.free_port(&taken).ok_or_else(|| {
                             ApiError::internal(format!(
                                 "failed to allocate a nodePort: range {}-{} is full",
                                 self.net.node_ports.start(),

@@ -61,7 +61,15 @@ impl H {
         self.w(registry::find("", "v1", "services").unwrap(), Some("default"))
     }
 
-    async fn create_svc(&self, name: &str, spec: Value) -> Result<Value> {
+    /// Creates a Service; one given a spec without ports gets port 80 (a valid Service needs
+    /// one unless headless or ExternalName).
+    async fn create_svc(&self, name: &str, mut spec: Value) -> Result<Value> {
+        let portless = spec.get("ports").is_none()
+            && spec.get("clusterIP") != Some(&json!("None"))
+            && spec.get("type") != Some(&json!("ExternalName"));
+        if portless {
+            spec["ports"] = json!([{ "port": 80 }]);
+        }
         Ok(self
             .services()
             .create(json!({ "metadata": { "name": name }, "spec": spec }))
@@ -162,7 +170,7 @@ async fn a_full_range_is_a_clear_error_and_concurrent_creates_never_share_an_add
 async fn node_ports_are_allocated_checked_kept_and_released_with_the_type() {
     let h = h("10.96.0.0/24").await;
     let svc = h
-        .create_svc("np", ports(json!([{ "port": 53, "protocol": "UDP" }, { "port": 53, "protocol": "TCP", "nodePort": 30001 }])))
+        .create_svc("np", ports(json!([{ "name": "dns-udp", "port": 53, "protocol": "UDP" }, { "name": "dns-tcp", "port": 53, "protocol": "TCP", "nodePort": 30001 }])))
         .await
         .unwrap();
     let p: Vec<i64> = svc["spec"]["ports"]

@@ -19,11 +19,17 @@
 //!   allocation;
 //! - [`bootstrap`]: the system namespaces and the `kubernetes` Service at every start;
 //! - [`defaults`]: upstream's `SetDefaults_*` for the served kinds;
+//! - [`validation`]: upstream's validation rules with its field paths and messages;
+//! - [`fuzzing`]: what the fuzz target (`controlplane/fuzz`) runs on every input;
+//! - [`metrics`]: `/metrics` under upstream's metric names;
+//! - [`audit`]: the audit log (JSON lines at the Metadata level);
 //! - [`pipeline`]: the write pipeline (decode, patch, field validation, strategy, field
 //!   ownership, store) behind every create, update and patch;
 //! - [`printers`]: `Table`s for `kubectl get` and `PartialObjectMetadata`, by `Accept`;
 //! - [`proto`]: Kubernetes protobuf request bodies (kubectl's generators) decoded to JSON;
+//! - [`pods`]: Pod binding and eviction (PodDisruptionBudgets), streaming placeholders;
 //! - [`pki`]: the cluster CA, serving and admin certificates and the admin kubeconfig;
+//! - [`snapshot`]: `snapshot save|restore` of the embedded store;
 //! - [`server`]: the HTTP router (axum) and the TLS listener with x509 client-certificate
 //!   authentication;
 //! - [`auth`]: bearer tokens (service-account JWTs, bootstrap tokens), RBAC with the default
@@ -31,29 +37,40 @@
 //!   review APIs.
 //!
 //! - [`rest`]: get, list, create, update, patch and delete of every resource, and its
-//!   `status` and `scale`, over HTTP.
+//!   `status` and `scale`, over HTTP;
+//! - [`watch`]: watches over HTTP, selected lists, and the per-resource watch caches that
+//!   serve them;
+//! - [`selectors`]: label and field selectors.
 //!
 //! Limits: see each module's docs.
 
 pub mod admission;
 pub mod apply;
+pub mod audit;
 pub mod auth;
 pub mod bootstrap;
 pub mod defaults;
 pub mod discovery;
 pub mod fields;
+pub mod fuzzing;
 pub mod managed;
+pub mod metrics;
 pub mod objects;
 pub mod patch;
 pub mod pipeline;
 pub mod pki;
+pub mod pods;
 pub mod printers;
 pub mod proto;
 pub mod registry;
 pub mod rest;
 pub mod schema;
+pub mod selectors;
 pub mod server;
+pub mod snapshot;
 pub mod strategy;
+pub mod validation;
+pub mod watch;
 
 /// The Kubernetes version whose API this server implements (k8s-openapi's `v1_33`).
 pub const KUBERNETES_VERSION: &str = "v1.33.0";

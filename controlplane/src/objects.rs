@@ -246,10 +246,12 @@ pub enum Deleted {
     Pending(Value),
 }
 
-/// Objects of every resource in one store.
+/// Objects of every resource in one store, with the watch caches that serve its lists and
+/// watches ([`crate::watch`]).
 #[derive(Clone)]
 pub struct Objects {
     store: Arc<dyn Store>,
+    caches: Arc<crate::watch::WatchCaches>,
 }
 
 impl std::fmt::Debug for Objects {
@@ -274,7 +276,8 @@ pub fn prefix(r: &Resource, namespace: Option<&str>) -> String {
     p
 }
 
-fn key(r: &Resource, namespace: Option<&str>, name: &str) -> String {
+/// The key of one object.
+pub fn key(r: &Resource, namespace: Option<&str>, name: &str) -> String {
     format!("{}{name}", prefix(r, namespace))
 }
 
@@ -282,7 +285,8 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-fn new_uid() -> String {
+/// A new random (version 4) uid.
+pub(crate) fn new_uid() -> String {
     let b: [u8; 16] = rand::random();
     let h = hex::encode(b);
     // RFC 4122 version 4 layout.
@@ -320,7 +324,7 @@ fn meta_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
 }
 
 /// The object as stored: without its resourceVersion.
-fn encode(obj: &Value) -> Result<Vec<u8>> {
+pub fn encode(obj: &Value) -> Result<Vec<u8>> {
     let mut o = obj.clone();
     if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
         m.remove("resourceVersion");
@@ -329,7 +333,7 @@ fn encode(obj: &Value) -> Result<Vec<u8>> {
 }
 
 /// The object as read: with its resourceVersion.
-fn decode(value: &[u8], revision: Revision) -> Result<Value> {
+pub(crate) fn decode(value: &[u8], revision: Revision) -> Result<Value> {
     let mut o: Value = serde_json::from_slice(value)
         .map_err(|e| ApiError::internal(format!("decode a stored object: {e}")))?;
     meta(&mut o)?.insert("resourceVersion".into(), Value::String(revision.to_string()));
@@ -432,9 +436,28 @@ fn prepare_update(ns: Option<&str>, name: &str, current: &Value, obj: &mut Value
 }
 
 impl Objects {
-    /// Objects over `store`.
+    /// Objects over `store`, with watch caches of the default size.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Objects { store }
+        Self::with_watch_caches(store, keelson_store::watch_cache::Options::default())
+    }
+
+    /// Objects over `store`, with watch caches of `opts`.
+    pub fn with_watch_caches(
+        store: Arc<dyn Store>,
+        opts: keelson_store::watch_cache::Options,
+    ) -> Self {
+        let caches = Arc::new(crate::watch::WatchCaches::new(store.clone(), opts));
+        Objects { store, caches }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The watch caches.
+    pub fn caches(&self) -> &crate::watch::WatchCaches {
+        &self.caches
     }
 
     /// Creates `obj` (its namespace is `namespace`'s for a namespaced resource).

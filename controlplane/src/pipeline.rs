@@ -309,6 +309,7 @@ impl Writer<'_> {
         self.validate_fields(&mut obj, &mut warnings)?;
         crate::defaults::apply(self.resource, &mut obj);
         self.strategy().prepare_for_create(&mut obj);
+        self.validate(Part::Object, None, &obj)?;
         let (time, api_version) = (now(), self.resource.gvk.api_version());
         if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
             m.remove("managedFields");
@@ -370,6 +371,7 @@ impl Writer<'_> {
                     let mut next = obj.clone();
                     crate::defaults::apply(self.resource, &mut next);
                     self.reset(part, current, &mut next);
+                    self.validate(part, Some(current), &next)?;
                     fm.update(self.schema(), Some(current), &mut next, &who);
                     self.admission.admit(self.resource, Some(current), &mut next, read, effects)?;
                     Ok(next)
@@ -377,6 +379,23 @@ impl Writer<'_> {
             )
             .await?;
         Ok(outcome(written, warnings))
+    }
+
+    /// Upstream's validation of a write to the object itself (status and scale writes change
+    /// only what their own checks cover).
+    fn validate(&self, part: Part, old: Option<&Value>, obj: &Value) -> Result<()> {
+        if part != Part::Object {
+            return Ok(());
+        }
+        let errors = crate::validation::validate(self.resource, obj, old);
+        if errors.is_empty() {
+            return Ok(());
+        }
+        let meta = |f: &str| {
+            obj.pointer(&format!("/metadata/{f}")).and_then(Value::as_str).unwrap_or_default()
+        };
+        let name = if meta("name").is_empty() { meta("generateName") } else { meta("name") };
+        Err(crate::validation::to_api_error(self.resource, name, errors))
     }
 
     fn reset(&self, part: Part, current: &Value, next: &mut Value) {
@@ -443,6 +462,7 @@ impl Writer<'_> {
                                 }
                             }
                         }
+                        self.validate(part, current, &next)?;
                         self.admission.admit(self.resource, current, &mut next, read, effects)?;
                         Ok(next)
                     },
@@ -469,6 +489,7 @@ impl Writer<'_> {
                     self.validate_fields(&mut next, &mut warnings)?;
                     crate::defaults::apply(self.resource, &mut next);
                     self.reset(part, current, &mut next);
+                    self.validate(part, Some(current), &next)?;
                     fm.update(self.schema(), Some(current), &mut next, &who);
                     self.admission.admit(self.resource, Some(current), &mut next, read, effects)?;
                     Ok(next)

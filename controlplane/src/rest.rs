@@ -6,18 +6,21 @@
 //! - `/api/v1/[namespaces/{ns}/]{resource}[/{name}[/{subresource}]]` and
 //!   `/apis/{group}/{version}/[namespaces/{ns}/]{resource}[/{name}[/{subresource}]]`; a
 //!   namespaced resource listed without a namespace is listed across all of them.
-//! - Query parameters: `resourceVersion`, `resourceVersionMatch`, `limit`, `continue` on lists;
-//!   `dryRun=All`, `fieldManager`, `fieldValidation` and (apply) `force` on writes. A body's
-//!   `apiVersion` and `kind` must be the resource's (they are filled in when missing); a patch's
-//!   kind is its `Content-Type`.
+//! - Query parameters: `resourceVersion`, `resourceVersionMatch`, `limit`, `continue`,
+//!   `labelSelector` and `fieldSelector` on lists; `watch=true` turns a list into a watch
+//!   ([`crate::watch`], which also serves lists from the watch caches and the legacy
+//!   `/api/v1/watch/...` paths); `dryRun=All`, `fieldManager`, `fieldValidation` and (apply)
+//!   `force` on writes. A body's `apiVersion` and `kind` must be the resource's (they are
+//!   filled in when missing); a patch's kind is its `Content-Type`.
 //! - Errors are `metav1.Status` bodies with upstream's codes and reasons; warnings are
 //!   `Warning` headers.
-//!
 //! - Reads answer in the representation the `Accept` header asks for: JSON, a `Table` (what
 //!   `kubectl get` prints, see [`printers`](crate::printers)) or `PartialObjectMetadata`.
+//! - Pod actions: `binding`, `eviction` ([`pods`](crate::pods)); the streaming subresources
+//!   answer 503 until the node tunnel exists.
 //!
-//! Not here yet: watch, the streaming and action subresources, deletecollection, admission and
-//! validation.
+//! - `DELETE` of a collection (deletecollection) deletes what its selectors pick, one object at
+//!   a time with each one's finalizers and allocations, as upstream.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,6 +37,7 @@ use crate::objects::{ApiError, Deleted, ListOptions, Objects, Preconditions, Rea
 use crate::pipeline::{decode_body, Outcome, Part, PatchType, WriteOptions, Writer};
 use crate::printers::{self, IncludeObject, Representation};
 use crate::registry::{self, Resource};
+use crate::selectors::Selectors;
 use crate::server::ApiState;
 use crate::strategy::Strategy;
 
@@ -42,20 +46,30 @@ type Params = HashMap<String, String>;
 /// The object routes, to be merged into the API router.
 pub fn routes() -> Router<Arc<ApiState>> {
     let object = || get(read).put(update).patch(patch).delete(delete);
-    let sub = || get(read_sub).put(update_sub).patch(patch_sub);
+    let sub = || get(read_sub).put(update_sub).patch(patch_sub).post(create_sub);
     Router::new()
-        .route("/api/v1/{resource}", get(list).post(create))
+        .route("/api/v1/{resource}", get(list).post(create).delete(delete_collection))
         .route("/api/v1/{resource}/{name}", object())
         .route("/api/v1/{resource}/{name}/{sub}", sub())
-        .route("/api/v1/namespaces/{ns}/{resource}", get(list).post(create))
+        .route(
+            "/api/v1/namespaces/{ns}/{resource}",
+            get(list).post(create).delete(delete_collection),
+        )
         .route("/api/v1/namespaces/{ns}/{resource}/{name}", object())
         .route("/api/v1/namespaces/{ns}/{resource}/{name}/{sub}", sub())
-        .route("/apis/{group}/{version}/{resource}", get(list).post(create))
+        .route(
+            "/apis/{group}/{version}/{resource}",
+            get(list).post(create).delete(delete_collection),
+        )
         .route("/apis/{group}/{version}/{resource}/{name}", object())
         .route("/apis/{group}/{version}/{resource}/{name}/{sub}", sub())
-        .route("/apis/{group}/{version}/namespaces/{ns}/{resource}", get(list).post(create))
+        .route(
+            "/apis/{group}/{version}/namespaces/{ns}/{resource}",
+            get(list).post(create).delete(delete_collection),
+        )
         .route("/apis/{group}/{version}/namespaces/{ns}/{resource}/{name}", object())
         .route("/apis/{group}/{version}/namespaces/{ns}/{resource}/{name}/{sub}", sub())
+        .merge(crate::watch::routes())
 }
 
 impl IntoResponse for ApiError {
@@ -66,13 +80,13 @@ impl IntoResponse for ApiError {
 }
 
 /// The request's resource and scope, from the path.
-struct Target {
-    resource: &'static Resource,
-    namespace: Option<String>,
-    name: Option<String>,
+pub(crate) struct Target {
+    pub(crate) resource: &'static Resource,
+    pub(crate) namespace: Option<String>,
+    pub(crate) name: Option<String>,
 }
 
-fn target(p: &Params, collection: bool) -> Result<Target, ApiError> {
+pub(crate) fn target(p: &Params, collection: bool) -> Result<Target, ApiError> {
     let (group, version) = match (p.get("group"), p.get("version")) {
         (Some(g), Some(v)) => (g.as_str(), v.as_str()),
         _ => ("", "v1"),
@@ -92,7 +106,7 @@ fn target(p: &Params, collection: bool) -> Result<Target, ApiError> {
     Ok(Target { resource, namespace, name: p.get("name").cloned() })
 }
 
-fn objects(state: &ApiState) -> Result<&Objects, ApiError> {
+pub(crate) fn objects(state: &ApiState) -> Result<&Objects, ApiError> {
     state
         .objects()
         .ok_or_else(|| ApiError::new(503, "ServiceUnavailable", "this API server has no store"))
@@ -121,6 +135,16 @@ async fn list(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let t = target(&p, true)?;
+    if crate::watch::is_watch(&q) {
+        let repr = representation(&headers)?;
+        return crate::watch::serve(objects(&state)?, t.resource, t.namespace, &q, repr).await;
+    }
+    let selectors = Selectors::parse(
+        q.get("labelSelector").map(String::as_str),
+        q.get("fieldSelector").map(String::as_str),
+        t.resource,
+    )
+    .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let repr = representation(&headers)?;
     let limit = match q.get("limit").filter(|l| !l.is_empty()) {
         None => 0,
@@ -138,7 +162,9 @@ async fn list(
             q.get("resourceVersionMatch").map(String::as_str),
         )?,
     };
-    let page = objects(&state)?.list(t.resource, t.namespace.as_deref(), &opts).await?;
+    let page =
+        crate::watch::list(objects(&state)?, t.resource, t.namespace.as_deref(), &opts, &selectors)
+            .await?;
     let mut meta = json!({ "resourceVersion": page.resource_version.to_string() });
     if let Some(c) = page.continue_token {
         meta["continue"] = Value::String(c);
@@ -177,7 +203,7 @@ async fn list(
     }
 }
 
-fn representation(headers: &HeaderMap) -> Result<Representation, ApiError> {
+pub(crate) fn representation(headers: &HeaderMap) -> Result<Representation, ApiError> {
     printers::negotiate(headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok()))
 }
 
@@ -287,11 +313,63 @@ fn sub_part(t: &Target, p: &Params) -> Result<Part, ApiError> {
     Part::of(t.resource, p.get("sub").map(String::as_str))
 }
 
+/// The streaming subresources of pods (`exec`, `attach`, `portforward` also arrive as GET
+/// when upgraded).
+const STREAMING: &[&str] = &["log", "exec", "attach", "portforward"];
+
+fn pod_action<'a>(t: &'a Target, p: &'a Params) -> Option<(&'a str, &'a str, &'a str)> {
+    let sub = p.get("sub")?.as_str();
+    (t.resource.gvk.kind == "Pod" && t.resource.gvk.group.is_empty())
+        .then(|| Some((t.namespace.as_deref()?, t.name.as_deref()?, sub)))
+        .flatten()
+}
+
+async fn create_sub(
+    State(state): State<Arc<ApiState>>,
+    Path(p): Path<Params>,
+    Query(q): Query<Params>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let t = target(&p, false)?;
+    let objects = objects(&state)?;
+    let dry = dry_run(&q)?;
+    let Some((ns, name, sub)) = pod_action(&t, &p) else {
+        return Err(ApiError::new(
+            405,
+            "MethodNotAllowed",
+            "POST is not supported on this subresource",
+        ));
+    };
+    let status = match sub {
+        "binding" => {
+            let body = decode_body(&headers, &body, state.schemas())?;
+            crate::pods::bind(objects, ns, name, &body, dry).await?
+        }
+        "eviction" => {
+            let body = decode_body(&headers, &body, state.schemas())?;
+            crate::pods::evict(objects, ns, name, &body, dry).await?
+        }
+        s if STREAMING.contains(&s) => crate::pods::stream(objects, ns, name, s).await?,
+        _ => {
+            return Err(ApiError::new(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            ))
+        }
+    };
+    Ok((StatusCode::CREATED, axum::Json(status)).into_response())
+}
+
 async fn read_sub(
     State(state): State<Arc<ApiState>>,
     Path(p): Path<Params>,
 ) -> Result<Response, ApiError> {
     let t = target(&p, false)?;
+    if let Some((ns, name, sub)) = pod_action(&t, &p).filter(|(_, _, s)| STREAMING.contains(s)) {
+        crate::pods::stream(objects(&state)?, ns, name, sub).await?;
+    }
     let part = sub_part(&t, &p)?;
     let name = t.name.clone().unwrap_or_default();
     let obj = objects(&state)?.get(t.resource, t.namespace.as_deref(), &name).await?;
@@ -346,18 +424,15 @@ async fn write_part(
     Ok(written(out, t.resource, part))
 }
 
-async fn delete(
-    State(state): State<Arc<ApiState>>,
-    Path(p): Path<Params>,
-    Query(q): Query<Params>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let t = target(&p, false)?;
-    let name = t.name.unwrap_or_default();
-    // DeleteOptions in the body (kubectl sends one): preconditions and dryRun.
+/// `DeleteOptions` from a delete's body and query: preconditions and dry run.
+fn delete_options(
+    state: &ApiState,
+    q: &Params,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(Preconditions, bool), ApiError> {
     let opts: Value =
-        if body.is_empty() { Value::Null } else { decode_body(&headers, &body, state.schemas())? };
+        if body.is_empty() { Value::Null } else { decode_body(headers, body, state.schemas())? };
     let pre = Preconditions {
         uid: opts.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_owned),
         resource_version: match opts
@@ -372,26 +447,97 @@ async fn delete(
     };
     let body_dry =
         opts.get("dryRun").and_then(Value::as_array).is_some_and(|a| a.iter().any(|v| v == "All"));
-    let dry = dry_run(&q)? || body_dry;
-    let r = t.resource;
+    Ok((pre, dry_run(q)? || body_dry))
+}
+
+/// Deletes one object through admission (its allocations go in the same transaction).
+async fn delete_one(
+    state: &ApiState,
+    r: &'static Resource,
+    namespace: Option<&str>,
+    name: &str,
+    pre: &Preconditions,
+    dry: bool,
+) -> Result<Deleted, ApiError> {
     let admission = state.admission();
-    admission.check_delete(r, &name)?;
+    admission.check_delete(r, name)?;
     let reads = admission.reads(r);
-    let deleted = objects(&state)?
-        .delete_with(
-            r,
-            t.namespace.as_deref(),
-            &name,
-            &pre,
-            dry,
-            &reads,
-            |current, read, effects| admission.release(r, current, read, effects),
-        )
-        .await?;
-    match deleted {
+    objects(state)?
+        .delete_with(r, namespace, name, pre, dry, &reads, |current, read, effects| {
+            admission.release(r, current, read, effects)
+        })
+        .await
+}
+
+async fn delete(
+    State(state): State<Arc<ApiState>>,
+    Path(p): Path<Params>,
+    Query(q): Query<Params>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let t = target(&p, false)?;
+    let name = t.name.clone().unwrap_or_default();
+    let (pre, dry) = delete_options(&state, &q, &headers, &body)?;
+    let r = t.resource;
+    match delete_one(&state, r, t.namespace.as_deref(), &name, &pre, dry).await? {
         Deleted::Pending(obj) => {
             Ok((StatusCode::ACCEPTED, axum::Json(with_type(obj, r))).into_response())
         }
         Deleted::Gone(obj) => Ok(axum::Json(with_type(obj, r)).into_response()),
     }
+}
+
+/// `DELETE` of a collection (deletecollection): every object the selectors pick, one by one
+/// as upstream does (each with its finalizers and allocations); answers the list of what was
+/// deleted or marked for deletion.
+async fn delete_collection(
+    State(state): State<Arc<ApiState>>,
+    Path(p): Path<Params>,
+    Query(q): Query<Params>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let t = target(&p, true)?;
+    let r = t.resource;
+    if r.namespaced && t.namespace.is_none() {
+        return Err(ApiError::new(
+            405,
+            "MethodNotAllowed",
+            format!("deletecollection of {} needs a namespace", r.plural),
+        ));
+    }
+    let selectors = Selectors::parse(
+        q.get("labelSelector").map(String::as_str),
+        q.get("fieldSelector").map(String::as_str),
+        r,
+    )
+    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let (pre, dry) = delete_options(&state, &q, &headers, &body)?;
+    let page = crate::watch::list(
+        objects(&state)?,
+        r,
+        t.namespace.as_deref(),
+        &ListOptions::default(),
+        &selectors,
+    )
+    .await?;
+    let mut items = Vec::with_capacity(page.items.len());
+    for obj in page.items {
+        let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+        let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str);
+        match delete_one(&state, r, ns, name, &pre, dry).await {
+            Ok(Deleted::Gone(o) | Deleted::Pending(o)) => items.push(with_type(o, r)),
+            // Deleted meanwhile by someone else: it is gone, which is what was asked.
+            Err(e) if e.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(axum::Json(json!({
+        "kind": format!("{}List", r.gvk.kind),
+        "apiVersion": r.gvk.api_version(),
+        "metadata": { "resourceVersion": page.resource_version.to_string() },
+        "items": items,
+    }))
+    .into_response())
 }

@@ -24,6 +24,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Extension, Path as UrlPath};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -89,6 +90,22 @@ pub enum Error {
         #[source]
         source: crate::auth::token::Error,
     },
+    /// The audit log could not be opened.
+    #[error("open the audit log {path}")]
+    Audit {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The key file for Secrets at rest is unusable.
+    #[error("the encryption key file")]
+    EncryptionKeys {
+        /// The cause.
+        #[source]
+        source: Box<keelson_store::encrypted::KeyFileError>,
+    },
     /// The system namespaces or the `kubernetes` Service could not be written.
     #[error("bootstrap the cluster's system objects")]
     Bootstrap {
@@ -122,8 +139,18 @@ pub struct Config {
     pub advertise: Option<IpAddr>,
     /// Where objects live.
     pub store: StoreChoice,
+    /// The audit log (`None`: `DIR/audit.log`).
+    pub audit_log: Option<PathBuf>,
+    /// The key file Secrets are encrypted at rest with (`None`:
+    /// `DIR/pki/secrets-encryption.key`, created on first start).
+    pub encryption_key_file: Option<PathBuf>,
     /// The service CIDR and node-port range.
     pub services: crate::admission::ServiceNetwork,
+    /// How much history the store keeps: every `compaction_interval` (sampled more often) it
+    /// compacts away revisions older than this, as upstream's `--etcd-compaction-interval`
+    /// (default [`DEFAULT_COMPACTION_INTERVAL`]). The watch caches' windows reach no further
+    /// back, so watches from older revisions get `410 Gone`.
+    pub compaction_interval: Duration,
 }
 
 /// The store backend (`--store embedded|etcd:URL,…`).
@@ -159,6 +186,13 @@ impl std::str::FromStr for StoreChoice {
         Ok(StoreChoice::Etcd(urls))
     }
 }
+
+/// Upstream's default `--etcd-compaction-interval`: five minutes.
+pub const DEFAULT_COMPACTION_INTERVAL: Duration = Duration::from_secs(300);
+
+/// How often the store tells each watch cache how far it has got when its resource is idle:
+/// the longest a consistent list from a cache waits after writes to other resources.
+const STORE_PROGRESS_INTERVAL: Duration = Duration::from_millis(200);
 
 impl Config {
     /// The address written into the kubeconfig and discovery: the advertise address, else the
@@ -227,6 +261,9 @@ pub struct ApiState {
     objects: Option<crate::objects::Objects>,
     admission: crate::admission::Admission,
     auth: Arc<crate::auth::Auth>,
+    snapshots: Option<Arc<keelson_store::embedded::EmbeddedStore>>,
+    metrics: Arc<crate::metrics::Metrics>,
+    audit: Option<Arc<crate::audit::AuditLog>>,
 }
 
 impl ApiState {
@@ -249,6 +286,9 @@ impl ApiState {
             objects: None,
             admission: crate::admission::Admission::default(),
             auth: Arc::new(crate::auth::Auth::default()),
+            snapshots: None,
+            metrics: Arc::new(crate::metrics::Metrics::new()),
+            audit: None,
         }
     }
 
@@ -284,6 +324,21 @@ impl ApiState {
         &self.schemas
     }
 
+    /// The same state recording every request in `log`.
+    pub fn with_audit(mut self, log: crate::audit::AuditLog) -> ApiState {
+        self.audit = Some(Arc::new(log));
+        self
+    }
+
+    /// The same state serving snapshots of this embedded store.
+    pub fn with_snapshots(
+        mut self,
+        store: Arc<keelson_store::embedded::EmbeddedStore>,
+    ) -> ApiState {
+        self.snapshots = Some(store);
+        self
+    }
+
     /// The admission chain.
     pub fn admission(&self) -> &crate::admission::Admission {
         &self.admission
@@ -304,8 +359,10 @@ pub struct Authenticated(pub Option<UserInfo>);
 /// The API router. Requests need an [`Authenticated`] extension with a user or a valid bearer
 /// token; without either they get 401. Then they are authorized ([`crate::auth::middleware`]).
 pub fn router(state: Arc<ApiState>) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/version", get(version))
+        // The Python client asks for `/version/`.
+        .route("/version/", get(version))
         .route("/healthz", get(health))
         .route("/livez", get(health))
         .route("/readyz", get(health))
@@ -317,11 +374,45 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/openapi/v2", get(openapi_v2))
         .route("/openapi/v3", get(openapi_v3_index))
         .route("/openapi/v3/{*path}", get(openapi_v3))
+        .route(crate::snapshot::PATH, get(snapshot))
         .merge(crate::auth::review::routes())
         .merge(crate::rest::routes())
         .fallback(|| async { ApiError::NotFound("no such path".to_owned()) })
+        .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(state.clone(), crate::auth::middleware))
-        .with_state(state)
+        .layer(middleware::from_fn_with_state(state.metrics.clone(), crate::metrics::track));
+    let router = match state.audit.clone() {
+        Some(log) => router.layer(middleware::from_fn_with_state(log, crate::audit::record)),
+        None => router,
+    };
+    router.with_state(state)
+}
+
+/// `GET /metrics`: the Prometheus text exposition.
+async fn metrics(axum::extract::State(state): axum::extract::State<Arc<ApiState>>) -> Response {
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// `GET /keelson/v1/snapshot`: a consistent copy of the embedded store.
+async fn snapshot(axum::extract::State(state): axum::extract::State<Arc<ApiState>>) -> Response {
+    let Some(store) = &state.snapshots else {
+        return crate::objects::ApiError::new(
+            501,
+            "NotImplemented",
+            "this control plane keeps its objects in etcd: use etcdctl snapshot save",
+        )
+        .into_response();
+    };
+    match crate::snapshot::serve(store).await {
+        Ok(body) => {
+            ([(http::header::CONTENT_TYPE, "application/octet-stream")], body).into_response()
+        }
+        Err(e) => crate::objects::ApiError::internal(format!("snapshot: {e:#}")).into_response(),
+    }
 }
 
 type State = axum::extract::State<Arc<ApiState>>;
@@ -475,13 +566,23 @@ pub async fn bind(config: &Config) -> Result<Listener> {
     let tls = pki.server_config().map_err(pki_err)?;
     let kubeconfig = config.data_dir.join("admin.kubeconfig");
     write_kubeconfig(&pki, &kubeconfig, &format!("https://{client}"))?;
+    let mut embedded = None;
     let store: Arc<dyn keelson_store::Store> = match &config.store {
         StoreChoice::Embedded => {
             let path = config.data_dir.join("store.redb");
-            let store = keelson_store::embedded::EmbeddedStore::open(&path, Default::default())
+            let store_opts = keelson_store::embedded::Options {
+                history_window: Some(config.compaction_interval),
+                compaction_interval: (config.compaction_interval / 5)
+                    .clamp(Duration::from_millis(100), Duration::from_secs(60)),
+                progress_interval: STORE_PROGRESS_INTERVAL,
+                ..Default::default()
+            };
+            let store = keelson_store::embedded::EmbeddedStore::open(&path, store_opts)
                 .await
                 .map_err(|source| Error::Store { path: path.clone(), source: Box::new(source) })?;
-            Arc::new(store)
+            let store = Arc::new(store);
+            embedded = Some(store.clone());
+            store
         }
         StoreChoice::Etcd(endpoints) => {
             let store =
@@ -491,15 +592,37 @@ pub async fn bind(config: &Config) -> Result<Listener> {
             Arc::new(store)
         }
     };
-    let objects = crate::objects::Objects::new(store.clone());
+    let key_file = config
+        .encryption_key_file
+        .clone()
+        .unwrap_or_else(|| pki_dir.join("secrets-encryption.key"));
+    let keys = keelson_store::encrypted::KeyFile::load_or_create(&key_file)
+        .map_err(|source| Error::EncryptionKeys { source: Box::new(source) })?;
+    let store: Arc<dyn keelson_store::Store> =
+        Arc::new(keelson_store::encrypted::EncryptedStore::new(
+            store,
+            keys,
+            vec![b"/registry/secrets/".to_vec()],
+        ));
+    let cache_opts = keelson_store::watch_cache::Options {
+        max_age: Some(config.compaction_interval),
+        ..Default::default()
+    };
+    let objects = crate::objects::Objects::with_watch_caches(store.clone(), cache_opts);
     let signer = crate::auth::token::Signer::load_or_create(&pki_dir)
         .map_err(|source| Error::ServiceAccountKey { dir: pki_dir.clone(), source })?;
-    let state = Arc::new(
-        ApiState::new(client.to_string())
-            .with_objects(objects.clone())
-            .with_admission(crate::admission::Admission { services: config.services.clone() })
-            .with_auth(crate::auth::Auth::new(Some(signer), Some(objects))),
-    );
+    let mut state = ApiState::new(client.to_string())
+        .with_objects(objects.clone())
+        .with_admission(crate::admission::Admission { services: config.services.clone() })
+        .with_auth(crate::auth::Auth::new(Some(signer), Some(objects)));
+    if let Some(e) = embedded {
+        state = state.with_snapshots(e);
+    }
+    let audit_path = config.audit_log.clone().unwrap_or_else(|| config.data_dir.join("audit.log"));
+    let audit = crate::audit::AuditLog::start(audit_path.clone())
+        .map_err(|source| Error::Audit { path: audit_path, source })?;
+    state = state.with_audit(audit);
+    let state = Arc::new(state);
     crate::bootstrap::run(&state, client).await.map_err(|source| Error::Bootstrap { source })?;
     // The first RBAC index before the first request; the refresher keeps it current.
     state.auth().refresh().await.map_err(|source| Error::Bootstrap { source })?;
@@ -571,8 +694,11 @@ impl Listener {
                     .peer_certificates()
                     .and_then(|c| c.first())
                     .and_then(|c| pki::user_of(c));
-                let service =
-                    TowerToHyperService::new(router.layer(Extension(Authenticated(user))));
+                let service = TowerToHyperService::new(
+                    router
+                        .layer(Extension(Authenticated(user)))
+                        .layer(Extension(crate::audit::Peer(peer))),
+                );
                 let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                 if let Err(e) =
                     builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await
@@ -720,7 +846,10 @@ mod tests {
             listen: "0.0.0.0:6443".parse().unwrap(),
             advertise: None,
             store: StoreChoice::Embedded,
+            encryption_key_file: None,
+            audit_log: None,
             services: Default::default(),
+            compaction_interval: DEFAULT_COMPACTION_INTERVAL,
         };
         assert_eq!(c.client_address(6443), "127.0.0.1:6443".parse().unwrap());
         let c = Config { advertise: Some("192.0.2.1".parse().unwrap()), ..c };

@@ -8,7 +8,7 @@ use std::process::Output;
 
 use anyhow::{ensure, Context, Result};
 use keelson_controlplane::registry::RESOURCES;
-use keelson_controlplane::server::{bind, Config};
+use keelson_controlplane::server::{bind, Config, DEFAULT_COMPACTION_INTERVAL};
 
 fn kubectl_available() -> bool {
     std::process::Command::new("kubectl")
@@ -73,7 +73,10 @@ impl Cluster {
             listen: "127.0.0.1:0".parse()?,
             advertise: None,
             store: Default::default(),
+            encryption_key_file: None,
+            audit_log: None,
             services: Default::default(),
+            compaction_interval: DEFAULT_COMPACTION_INTERVAL,
         };
         let listener = bind(&config).await?;
         let kubeconfig = listener.kubeconfig().to_owned();
@@ -242,6 +245,16 @@ async fn kubectl_discovers_explains_and_versions_against_the_server() -> Result<
             .await?;
     ensure!(out == "c", "configmap data after replace: {out:?}");
 
+    // /metrics under upstream's names, counting what kubectl just did.
+    let metrics = kubectl_ok(&kubeconfig, &home, &["get", "--raw", "/metrics"]).await?;
+    ensure!(
+        metrics.lines().any(|l| l.starts_with("apiserver_request_total{")
+            && l.contains("verb=\"create\"")
+            && l.contains("resource=\"configmaps\"")),
+        "metrics:\n{metrics}"
+    );
+    ensure!(metrics.contains("process_resident_memory_bytes"), "metrics:\n{metrics}");
+
     // version reports the server's version.
     let out = kubectl_ok(&kubeconfig, &home, &["version"]).await?;
     ensure!(out.contains("Server Version: v1.33.0"), "version:\n{out}");
@@ -259,6 +272,27 @@ async fn kubectl_discovers_explains_and_versions_against_the_server() -> Result<
     let err = String::from_utf8_lossy(&out.stderr);
     ensure!(err.contains("Unauthorized"), "anonymous error: {err}");
 
+    // The audit log has a line per request: who did what to which object, and the answer.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let audit = std::fs::read_to_string(dir.join("data/audit.log"))?;
+    let events: Vec<serde_json::Value> =
+        audit.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    ensure!(
+        events.iter().any(|e| e["verb"] == "create"
+            && e["objectRef"]["resource"] == "configmaps"
+            && e["objectRef"]["namespace"] == "default"
+            && e["user"]["username"] == "kubernetes-admin"
+            && e["responseStatus"]["code"] == 201),
+        "no audit event for the configmap create:\n{audit}"
+    );
+    ensure!(
+        events
+            .iter()
+            .any(|e| e["user"]["username"] == "system:anonymous"
+                && e["responseStatus"]["code"] == 401),
+        "no audit event for the anonymous request"
+    );
+    ensure!(events.iter().all(|e| e["kind"] == "Event" && e["level"] == "Metadata"), "{audit}");
     c.stop().await
 }
 
@@ -505,6 +539,13 @@ async fn kubectl_patches_applies_scales_and_labels_with_field_ownership() -> Res
         sec["data"]["password"] == "aHVudGVyMg==" && sec["type"] == "Opaque",
         "secret: {sec:#}"
     );
+    // Secrets are encrypted at rest: the store file never holds the value.
+    let db = std::fs::read(c.dir.path().join("data/store.redb"))?;
+    ensure!(
+        !db.windows(12).any(|w| w == b"aHVudGVyMg=="),
+        "the store holds the secret in the clear"
+    );
+    ensure!(db.windows(18).any(|w| w == b"k8s:enc:aesgcm:v1:"), "no sealed value in the store");
     c.ok(&["create", "service", "clusterip", "gen-svc", "--tcp=80:8080"]).await?;
     let svc = c.get_json(&["service", "gen-svc"]).await?;
     ensure!(
@@ -635,6 +676,22 @@ async fn kubectl_sees_system_namespaces_the_kubernetes_service_and_allocated_ser
     let err = c.fails(&["create", "-f", &clash]).await?;
     ensure!(err.contains("provided port is already allocated"), "clash: {err}");
 
+    // deletecollection: what the selector picks goes, the rest stays.
+    for (name, batch) in [("old-a", "old"), ("old-b", "old"), ("new-a", "new")] {
+        c.ok(&["create", "configmap", name, "--from-literal=k=v"]).await?;
+        c.ok(&["label", "configmap", name, &format!("batch={batch}")]).await?;
+    }
+    let out = c
+        .ok(&["delete", "--raw", "/api/v1/namespaces/default/configmaps?labelSelector=batch%3Dold"])
+        .await?;
+    let deleted: serde_json::Value = serde_json::from_str(&out)?;
+    ensure!(
+        deleted["kind"] == "ConfigMapList" && deleted["items"].as_array().map(Vec::len) == Some(2),
+        "deletecollection: {deleted:#}"
+    );
+    let left = c.ok(&["get", "configmaps", "-l", "batch", "-o", "name"]).await?;
+    ensure!(left.trim() == "configmap/new-a", "after deletecollection: {left}");
+
     // Namespace lifecycle.
     let err = c.fails(&["delete", "namespace", "default"]).await?;
     ensure!(err.contains("may not be deleted"), "delete default: {err}");
@@ -659,4 +716,144 @@ async fn kubectl_sees_system_namespaces_the_kubernetes_service_and_allocated_ser
         "create in a missing namespace: {err}"
     );
     c.stop().await
+}
+
+/// A running `kubectl get -w`, its output lines read as they come; killed on drop.
+struct Watching {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    seen: Vec<String>,
+}
+
+impl Watching {
+    async fn start(s: &Cluster, args: &[&str]) -> Result<Watching> {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new("kubectl")
+            .env("HOME", &s.home)
+            .env_remove("KUBECONFIG")
+            .arg("--kubeconfig")
+            .arg(&s.kubeconfig)
+            .arg("--cache-dir")
+            .arg(s.home.join("cache"))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("start kubectl get -w")?;
+        let stdout = child.stdout.take().context("kubectl stdout")?;
+        Ok(Watching { child, lines: tokio::io::BufReader::new(stdout).lines(), seen: Vec::new() })
+    }
+
+    /// Waits for a line containing every one of `words`; returns it.
+    async fn expect(&mut self, words: &[&str]) -> Result<String> {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.next_line()).await;
+            match line {
+                Ok(Ok(Some(l))) => {
+                    self.seen.push(l.clone());
+                    if words.iter().all(|w| l.contains(w)) {
+                        return Ok(l);
+                    }
+                }
+                Ok(Ok(None)) => {
+                    anyhow::bail!("kubectl ended before {words:?}:\n{}", self.seen.join("\n"))
+                }
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => {
+                    anyhow::bail!("no line with {words:?} in time:\n{}", self.seen.join("\n"))
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+fn pod_manifest(name: &str, app: &str, node: &str, image: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{app: {app}}}}}\nspec:\n  nodeName: {node}\n  containers: [{{name: c, image: {image}}}]\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_get_watch_and_selectors_work_against_the_server() -> Result<()> {
+    let Some(s) = Cluster::start("kubectl_get_watch_and_selectors_work_against_the_server").await?
+    else {
+        return Ok(());
+    };
+    let (kc, home) = (s.kubeconfig.clone(), s.home.clone());
+    let manifest = |name: &str, body: String| -> Result<String> {
+        let p = home.join(format!("{name}.yaml"));
+        std::fs::write(&p, body)?;
+        Ok(p.to_string_lossy().into_owned())
+    };
+    let web = manifest("web", pod_manifest("web", "web", "n1", "nginx"))?;
+    let db = manifest("db", pod_manifest("db", "db", "n2", "postgres"))?;
+    kubectl_ok(&kc, &home, &["create", "-f", &web]).await?;
+
+    // `kubectl get pods -w` lists, then follows every pod; `kubectl get pod web -w
+    // --output-watch-events` follows one pod by name.
+    let mut all = Watching::start(&s, &["get", "pods", "-w"]).await?;
+    // The server's Table columns: READY and STATUS, not only NAME and AGE.
+    all.expect(&["web", "0/1", "Pending"]).await?;
+    let mut one =
+        Watching::start(&s, &["get", "pod", "web", "-w", "--output-watch-events"]).await?;
+    one.expect(&["ADDED", "web"]).await?;
+
+    kubectl_ok(&kc, &home, &["create", "-f", &db]).await?;
+    all.expect(&["db"]).await?;
+    kubectl_ok(&kc, &home, &["label", "pod", "web", "tier=front"]).await?;
+    one.expect(&["MODIFIED", "web"]).await?;
+    kubectl_ok(&kc, &home, &["delete", "pod", "web"]).await?;
+    one.expect(&["DELETED", "web"]).await?;
+    // The watch of all pods printed web's change and its deletion too (kubectl prints
+    // NAME and AGE for each event without its type).
+    all.expect(&["web"]).await?;
+    all.expect(&["web"]).await?;
+    ensure!(!one.seen.iter().any(|l| l.contains("db")), "the pinned watch saw db:\n{:?}", one.seen);
+
+    // Label and field selectors on lists.
+    kubectl_ok(&kc, &home, &["create", "-f", &web]).await?;
+    let out = kubectl_ok(&kc, &home, &["get", "pods", "-l", "app=web", "-o", "name"]).await?;
+    ensure!(out.trim() == "pod/web", "-l app=web:\n{out}");
+    let out =
+        kubectl_ok(&kc, &home, &["get", "pods", "-l", "app notin (web)", "-o", "name"]).await?;
+    ensure!(out.trim() == "pod/db", "-l app notin (web):\n{out}");
+    let out = kubectl_ok(
+        &kc,
+        &home,
+        &["get", "pods", "--field-selector", "spec.nodeName=n2", "-o", "name"],
+    )
+    .await?;
+    ensure!(out.trim() == "pod/db", "--field-selector spec.nodeName=n2:\n{out}");
+    let out = kubectl_ok(
+        &kc,
+        &home,
+        &[
+            "get",
+            "pods",
+            "-A",
+            "--field-selector",
+            "metadata.namespace=default,spec.nodeName!=n2",
+            "-o",
+            "name",
+        ],
+    )
+    .await?;
+    ensure!(out.trim() == "pod/web", "--field-selector spec.nodeName!=n2:\n{out}");
+    let out = kubectl(&kc, &home, &["get", "pods", "--field-selector", "spec.foo=x"]).await?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && err.contains("field label not supported: spec.foo"),
+        "unsupported field: {err}"
+    );
+    let out = kubectl(&kc, &home, &["get", "pods", "-l", "app=(web"]).await?;
+    ensure!(!out.status.success(), "a bad label selector was accepted");
+    Ok(())
 }

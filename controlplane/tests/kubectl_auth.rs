@@ -49,7 +49,10 @@ impl Server {
             listen: "127.0.0.1:0".parse()?,
             advertise: None,
             store: Default::default(),
+            encryption_key_file: None,
+            audit_log: None,
             services: Default::default(),
+            compaction_interval: keelson_controlplane::server::DEFAULT_COMPACTION_INTERVAL,
         };
         let listener = bind(&config).await?;
         let url = format!("https://{}", listener.local_addr()?);
@@ -272,6 +275,26 @@ async fn a_service_account_token_bound_to_view_lists_pods_but_cannot_create_them
     );
     let err = s.fails(&reader, &["get", "secrets"]).await?;
     ensure!(err.contains("secrets is forbidden"), "{err}");
+    // The audit log names the token's user, allowed or refused, with its uid (written by a
+    // thread of its own, so it may trail the responses a little).
+    let audit_file = s.dir.path().join("data/audit.log");
+    eventually("the reader's audit events", || async {
+        let audit = std::fs::read_to_string(&audit_file)?;
+        let events: Vec<serde_json::Value> = audit
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["user"]["username"] == "system:serviceaccount:default:reader")
+            .collect();
+        ensure!(
+            events.iter().any(|e| e["responseStatus"]["code"] == 403
+                && e["objectRef"]["resource"] == "secrets")
+                && events.iter().any(|e| e["responseStatus"]["code"] == 200)
+                && events.iter().all(|e| e["user"]["uid"].is_string()),
+            "the reader's audit events: {events:?}"
+        );
+        Ok(String::new())
+    })
+    .await?;
 
     // kubectl create token refuses nothing the server would: too short a duration is a 422.
     let err = s.fails(&admin, &["create", "token", "reader", "--duration=5m"]).await?;

@@ -194,3 +194,134 @@ fn a_bad_store_option_is_refused_with_what_to_write() -> Result<()> {
     ensure!(err.contains("must start with http://"), "the error: {err}");
     Ok(())
 }
+
+#[test]
+fn snapshot_save_from_a_running_server_and_restore_bring_back_that_moment() -> Result<()> {
+    if need_kubectl().is_some() {
+        assert!(!keelson_tests::strict(), "kubectl is required in strict mode");
+        eprintln!("SKIP snapshot_save_from_a_running_server_and_restore_bring_back_that_moment: kubectl is not installed");
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let (data, home) = (dir.path().join("data"), dir.path().join("home"));
+    std::fs::create_dir_all(&home)?;
+    let kubeconfig = data.join("admin.kubeconfig");
+    let port = free_port()?;
+    let snapshot = |args: &[&str]| -> Result<std::process::Output> {
+        Ok(Command::new(keelson_tests::bins::keelson()?)
+            .args(["controlplane", "snapshot"])
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()?)
+    };
+    let cm = |name: &str| -> Result<()> {
+        let f = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &f,
+            format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\n"),
+        )?;
+        kubectl(&kubeconfig, &home, &["create", "-f", &f.to_string_lossy()])?;
+        Ok(())
+    };
+    let mut server = start(&data, port)?;
+    wait_ready(&mut server, &kubeconfig, &home)?;
+    cm("before")?;
+    let snap = dir.path().join("snap.db");
+    let out = snapshot(&["save", &snap.to_string_lossy()])?;
+    ensure!(out.status.success(), "save: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).contains("at revision"),
+        "save said {:?}",
+        out.stdout
+    );
+    cm("after")?;
+    let out = snapshot(&["restore", &snap.to_string_lossy()])?;
+    ensure!(!out.status.success(), "a restore under a running server was accepted");
+    ensure!(
+        String::from_utf8_lossy(&out.stderr).contains("stop it before restoring"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = snapshot(&["save", &snap.to_string_lossy()])?;
+    ensure!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("already exists"),
+        "a save overwrote a file"
+    );
+    drop(server);
+
+    // Offline: save straight from the data dir; restore the earlier snapshot.
+    let offline = dir.path().join("offline.db");
+    let out = snapshot(&["save", &offline.to_string_lossy()])?;
+    ensure!(out.status.success(), "offline save: {}", String::from_utf8_lossy(&out.stderr));
+    let out = snapshot(&["restore", &snap.to_string_lossy()])?;
+    ensure!(out.status.success(), "restore: {}", String::from_utf8_lossy(&out.stderr));
+    let mut server = start(&data, port)?;
+    wait_ready(&mut server, &kubeconfig, &home)?;
+    let names = kubectl(&kubeconfig, &home, &["get", "configmaps", "-o", "name"])?;
+    ensure!(
+        names.contains("configmap/before") && !names.contains("configmap/after"),
+        "after restore: {names}"
+    );
+    drop(server);
+    let out = snapshot(&["restore", &offline.to_string_lossy()])?;
+    ensure!(out.status.success(), "restore: {}", String::from_utf8_lossy(&out.stderr));
+    let mut server = start(&data, port)?;
+    wait_ready(&mut server, &kubeconfig, &home)?;
+    let names = kubectl(&kubeconfig, &home, &["get", "configmaps", "-o", "name"])?;
+    ensure!(names.contains("configmap/after"), "the offline snapshot: {names}");
+    let junk = dir.path().join("junk.db");
+    std::fs::write(&junk, b"junk")?;
+    drop(server);
+    let out = snapshot(&["restore", &junk.to_string_lossy()])?;
+    ensure!(!out.status.success(), "a junk file was restored");
+    Ok(())
+}
+
+/// The Python client's interpreter, installed by dev/setup into its own venv.
+fn python_client() -> std::path::PathBuf {
+    let cache = std::env::var("KEELSON_CACHE").unwrap_or_else(|_| "/var/cache/keelson".into());
+    std::path::Path::new(&cache).join("pyclient/bin/python")
+}
+
+fn need_python_client() -> Option<String> {
+    let ok = Command::new(python_client())
+        .args(["-c", "import kubernetes"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    (!ok).then(|| {
+        format!(
+            "the Python kubernetes client is not installed at {} (dev/setup installs it)",
+            python_client().display()
+        )
+    })
+}
+
+#[test]
+fn the_python_kubernetes_client_lists_watches_and_patches() {
+    use keelson_tests::{require, Tier};
+    require!(Tier::Privileged, need_python_client(), need_kubectl());
+    let run = || -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let (data, home) = (dir.path().join("data"), dir.path().join("home"));
+        std::fs::create_dir_all(&home)?;
+        let kubeconfig = data.join("admin.kubeconfig");
+        let mut server = start(&data, free_port()?)?;
+        wait_ready(&mut server, &kubeconfig, &home)?;
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/client.py");
+        let out = Command::new(python_client())
+            .arg(&script)
+            .env("KUBECONFIG", &kubeconfig)
+            .env("HOME", &home)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ensure!(String::from_utf8_lossy(&out.stdout).contains("python client: ok"), "no ok line");
+        Ok(())
+    };
+    run().expect("the Python client against keelson controlplane");
+}

@@ -581,7 +581,9 @@ pub async fn middleware(
         request::parse(request.method().as_str(), request.uri().path(), request.uri().query());
     if let Decision::Deny(reason) = auth.authorize(&user, &info).await {
         tracing::debug!(user = %user.name, verb = %info.verb, path = %info.path, "forbidden");
-        return forbidden(&user, &info, &reason).into_response();
+        let mut response = forbidden(&user, &info, &reason).into_response();
+        response.extensions_mut().insert(user);
+        return response;
     }
     if let (Some(node), Ok(objects)) = (node::node_name(&user), auth.objects()) {
         if node::admission_applies(&info) {
@@ -602,14 +604,19 @@ pub async fn middleware(
             if let Err(e) =
                 node::admit(objects, state.schemas(), node, &info, content_type, &bytes).await
             {
-                return e.into_response();
+                let mut response = e.into_response();
+                response.extensions_mut().insert(user);
+                return response;
             }
             request = Request::from_parts(parts, axum::body::Body::from(bytes));
         }
     }
-    request.extensions_mut().insert(user);
+    request.extensions_mut().insert(user.clone());
     request.extensions_mut().insert(info);
-    next.run(request).await
+    let mut response = next.run(request).await;
+    // For the audit log, which wraps this middleware.
+    response.extensions_mut().insert(user);
+    response
 }
 
 #[cfg(test)]

@@ -7,6 +7,14 @@
 //!   from an older revision they fall back to the store, which answers
 //!   [`crate::Error::Compacted`] beyond its own history, like etcd.
 //!
+//! - **Memory** is bounded by the window: at most [`Options::capacity`] events, and none older
+//!   than [`Options::max_age`] (the API server sets it to the store's compaction interval, so
+//!   the window reaches no further back than the store's own history), plus the prefix's
+//!   current state.
+//! - **Progress**: a watch with `progress_notify` first gets a progress notification at the
+//!   cache's revision when its replay is empty, then the store's notifications as they come, so
+//!   its owner always knows how far the stream has reached (Kubernetes' bookmarks).
+//!
 //! The cache follows the store with one watch (previous pairs and progress notifications on),
 //! so its revision advances even when the prefix is idle. If that watch fails (the store
 //! compacted past it, or the connection broke) the cache lists again, and its own watchers end
@@ -19,6 +27,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::{
     Event, EventKind, KeyRange, KeyValue, RangeRequest, Revision, Store, WatchRequest,
@@ -51,13 +60,16 @@ pub enum Error {
 pub struct Options {
     /// At most this many events are kept in the window.
     pub capacity: usize,
+    /// Events older than this leave the window (checked on every update of the cache,
+    /// progress notifications included); `None`: only the capacity bounds it.
+    pub max_age: Option<Duration>,
     /// How long a list "not older than" a revision waits for the cache to catch up.
     pub freshness_timeout: Duration,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { capacity: 4096, freshness_timeout: Duration::from_secs(3) }
+        Options { capacity: 4096, max_age: None, freshness_timeout: Duration::from_secs(3) }
     }
 }
 
@@ -77,8 +89,8 @@ struct State {
     /// The cache holds every change up to this revision.
     revision: Revision,
     objects: BTreeMap<Vec<u8>, KeyValue>,
-    /// Events of revisions `window_start..=revision`, oldest first.
-    events: VecDeque<Event>,
+    /// Events of revisions `window_start..=revision`, oldest first, with when they arrived.
+    events: VecDeque<(Instant, Event)>,
     /// Watches from this revision on can be served from memory.
     window_start: Revision,
 }
@@ -133,6 +145,16 @@ impl WatchCache {
         self.read_state().revision
     }
 
+    /// The oldest revision a watch can start from and still be served from memory.
+    pub fn window_start(&self) -> Revision {
+        self.read_state().window_start
+    }
+
+    /// How many events the window holds now.
+    pub fn window_len(&self) -> usize {
+        self.read_state().events.len()
+    }
+
     fn read_state(&self) -> std::sync::RwLockReadGuard<'_, State> {
         // A panic while holding the lock leaves consistent data: each update is applied whole.
         self.inner.state.read().unwrap_or_else(|e| e.into_inner())
@@ -183,8 +205,13 @@ impl WatchCache {
             (start >= st.window_start).then(|| {
                 // Subscribed under the lock: no update can slip between replay and live.
                 let live = self.inner.updates.subscribe();
-                let replay: Vec<Event> =
-                    st.events.iter().filter(|e| e.kv.mod_revision >= start).cloned().collect();
+                let replay: Vec<Event> = st
+                    .events
+                    .iter()
+                    .map(|(_, e)| e)
+                    .filter(|e| e.kv.mod_revision >= start)
+                    .cloned()
+                    .collect();
                 (start, st.revision, replay, live)
             })
         } else {
@@ -273,7 +300,9 @@ async fn follow(inner: Arc<Inner>, mut from: Revision) {
 fn apply(inner: &Inner, resp: WatchResponse) -> Revision {
     let mut st = inner.state.write().unwrap_or_else(|e| e.into_inner());
     let rev = resp.header_revision.max(st.revision);
+    let now = Instant::now();
     if resp.events.is_empty() {
+        trim(&mut st, &inner.opts, now);
         st.revision = rev;
         let _ = inner.updates.send(Update::Progress(rev));
     } else {
@@ -282,23 +311,29 @@ fn apply(inner: &Inner, resp: WatchResponse) -> Revision {
                 EventKind::Put => st.objects.insert(e.kv.key.clone(), e.kv.clone()),
                 EventKind::Delete => st.objects.remove(&e.kv.key),
             };
-            st.events.push_back(e.clone());
+            st.events.push_back((now, e.clone()));
         }
-        // Drop whole revisions from the front until the window fits.
-        while st.events.len() > inner.opts.capacity {
-            let Some(first) = st.events.pop_front() else { break };
-            let r = first.kv.mod_revision;
-            while st.events.front().is_some_and(|e| e.kv.mod_revision == r) {
-                st.events.pop_front();
-            }
-            st.window_start = r + 1;
-        }
+        trim(&mut st, &inner.opts, now);
         st.revision = rev;
         let _ = inner.updates.send(Update::Events(rev, Arc::new(resp.events)));
     }
     drop(st);
     inner.revision.send_replace(rev);
     rev
+}
+
+/// Drops whole revisions from the front of the window until it fits the capacity and holds no
+/// event older than the maximum age.
+fn trim(st: &mut State, opts: &Options, now: Instant) {
+    let too_old = |at: Instant| opts.max_age.is_some_and(|age| now.duration_since(at) > age);
+    while st.events.len() > opts.capacity || st.events.front().is_some_and(|(at, _)| too_old(*at)) {
+        let Some((_, first)) = st.events.pop_front() else { break };
+        let r = first.kv.mod_revision;
+        while st.events.front().is_some_and(|(_, e)| e.kv.mod_revision == r) {
+            st.events.pop_front();
+        }
+        st.window_start = r + 1;
+    }
 }
 
 /// Serves one watch from memory: the replay, then live updates.
@@ -322,7 +357,8 @@ async fn serve_watch(
             .collect()
     };
     let first = pick(&replay, start);
-    if !first.is_empty()
+    // An empty replay is a progress notification at the cache's revision, when asked for.
+    if (!first.is_empty() || req.progress_notify)
         && out.send(Ok(WatchResponse { header_revision: revision, events: first })).await.is_err()
     {
         return;
@@ -359,7 +395,7 @@ async fn serve_watch(
                         compact_revision: st.window_start,
                     })
                 } else {
-                    let events: Vec<Event> = st.events.iter().cloned().collect();
+                    let events: Vec<Event> = st.events.iter().map(|(_, e)| e.clone()).collect();
                     let rev = st.revision;
                     live = inner.updates.subscribe();
                     drop(st);

@@ -120,7 +120,13 @@ pub enum Error {
         /// The revision.
         revision: Revision,
     },
-    /// The file was written by another schema version.
+    /// A snapshot would overwrite a file.
+    #[error("the snapshot file {path} already exists")]
+    SnapshotExists {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file's schema version is not this build's (0: not a store at all).
     #[error("schema version {found} is not supported (this build reads {SCHEMA_VERSION})")]
     SchemaVersion {
         /// The file's version.
@@ -325,6 +331,15 @@ impl EmbeddedStore {
         &self.path
     }
 
+    /// Writes a consistent copy of the whole store (one MVCC snapshot: every table at the same
+    /// commit) to a new file `dest`, fsynced; returns the revision it holds. Writes go on
+    /// while it runs. `dest` must not exist.
+    pub async fn snapshot(&self, dest: &Path) -> Result<Revision, Error> {
+        let db = self.shared.db.clone();
+        let dest = dest.to_path_buf();
+        tokio::task::spawn_blocking(move || snapshot_db(&db, &dest)).await.map_err(Error::Join)?
+    }
+
     /// Revokes every lease whose deadline has passed now; returns how many.
     pub async fn expire_leases(&self) -> crate::Result<usize> {
         self.command(Command::ExpireLeases).await
@@ -397,6 +412,60 @@ fn open_db(path: &Path) -> Result<Database, Error> {
     }
     wtx.commit().map_err(|e| open_err(e.into()))?;
     Ok(db)
+}
+
+fn snapshot_db(db: &Database, dest: &Path) -> Result<Revision, Error> {
+    let open_err = |e: redb::Error| Error::Open { path: dest.to_path_buf(), source: e };
+    if dest.exists() {
+        return Err(Error::SnapshotExists { path: dest.to_path_buf() });
+    }
+    let rtx = db.begin_read().map_err(storage("snapshot"))?;
+    let (revision, _) = revisions(&rtx)?;
+    let out = Database::create(dest).map_err(|e| open_err(e.into()))?;
+    let wtx = out.begin_write().map_err(|e| open_err(e.into()))?;
+    {
+        fn copy<K: redb::Key + 'static, V: redb::Value + 'static>(
+            rtx: &redb::ReadTransaction,
+            wtx: &redb::WriteTransaction,
+            def: TableDefinition<'_, K, V>,
+        ) -> Result<(), redb::Error> {
+            let from = rtx.open_table(def)?;
+            let mut to = wtx.open_table(def)?;
+            for entry in from.iter()? {
+                let (k, v) = entry?;
+                to.insert(k.value(), v.value())?;
+            }
+            Ok(())
+        }
+        copy(&rtx, &wtx, META).map_err(open_err)?;
+        copy(&rtx, &wtx, CURRENT).map_err(open_err)?;
+        copy(&rtx, &wtx, HISTORY).map_err(open_err)?;
+        copy(&rtx, &wtx, CHANGES).map_err(open_err)?;
+        copy(&rtx, &wtx, LEASES).map_err(open_err)?;
+        copy(&rtx, &wtx, LEASE_KEYS).map_err(open_err)?;
+    }
+    wtx.commit().map_err(|e| open_err(e.into()))?;
+    drop(out);
+    std::fs::File::open(dest)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::Open { path: dest.to_path_buf(), source: e.into() })?;
+    Ok(revision)
+}
+
+/// Checks that `path` is a store this build reads (its schema version) without changing it;
+/// returns the revision it holds.
+pub fn verify(path: &Path) -> Result<Revision, Error> {
+    let open_err = |e: redb::Error| Error::Open { path: path.to_path_buf(), source: e };
+    let db = Database::open(path).map_err(|e| open_err(e.into()))?;
+    let rtx = db.begin_read().map_err(|e| open_err(e.into()))?;
+    let meta = rtx.open_table(META).map_err(|e| open_err(e.into()))?;
+    match meta.get(META_SCHEMA).map_err(|e| open_err(e.into()))?.map(|g| g.value()) {
+        Some(SCHEMA_VERSION) => {}
+        Some(found) => return Err(Error::SchemaVersion { found }),
+        None => return Err(Error::SchemaVersion { found: 0 }),
+    }
+    drop(meta);
+    Ok(revisions(&rtx)?.0)
 }
 
 fn revisions(rtx: &redb::ReadTransaction) -> Result<(Revision, Revision), Error> {

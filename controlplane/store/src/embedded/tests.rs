@@ -214,3 +214,47 @@ fn compaction_policy_keeps_the_window() {
     assert_eq!(p.observe(at(1400), 50), None);
     assert_eq!(p.observe(at(2000), 50), None);
 }
+
+#[tokio::test]
+async fn a_snapshot_taken_during_writes_is_a_consistent_store_that_reopens() {
+    use crate::{KeyRange, PutRequest, RangeRequest, Store};
+    let dir = tempfile::tempdir().expect("snapshot test");
+    let store = std::sync::Arc::new(
+        EmbeddedStore::open(dir.path().join("db"), Options::default())
+            .await
+            .expect("snapshot test"),
+    );
+    for i in 0..50 {
+        store
+            .put(PutRequest::new(format!("/k/{i:03}"), vec![b'x'; 100]))
+            .await
+            .expect("snapshot test");
+    }
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for i in 50..200 {
+                store
+                    .put(PutRequest::new(format!("/k/{i:03}"), vec![b'y'; 100]))
+                    .await
+                    .expect("snapshot test");
+            }
+        })
+    };
+    let snap = dir.path().join("snap");
+    let revision = store.snapshot(&snap).await.expect("snapshot test");
+    writer.await.expect("snapshot test");
+    assert!(
+        matches!(store.snapshot(&snap).await, Err(Error::SnapshotExists { .. })),
+        "never overwrites"
+    );
+    assert_eq!(verify(&snap).expect("snapshot test"), revision);
+    let copy = EmbeddedStore::open(&snap, Options::default()).await.expect("snapshot test");
+    let all = copy.range(RangeRequest::new(KeyRange::prefix("/k/"))).await.expect("snapshot test");
+    // Exactly the keys written up to the snapshot's revision (revision 1 is the empty store).
+    assert_eq!(all.kvs.len() as i64, revision - 1);
+    assert_eq!(all.header_revision, revision);
+    let junk = dir.path().join("junk");
+    std::fs::write(&junk, b"not a database").expect("snapshot test");
+    assert!(verify(&junk).is_err());
+}

@@ -156,3 +156,38 @@ async fn watch_older_than_the_window_falls_back_to_the_store_and_then_compacted(
     let got = next_events(&mut recent).await.expect("events");
     assert_eq!(got.iter().map(|e| e.kv.mod_revision).collect::<Vec<_>>(), &revs[8..]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_older_than_max_age_leave_the_window_and_watches_report_progress() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = store(&dir).await;
+    let opts = Options { max_age: Some(Duration::from_millis(300)), ..Options::default() };
+    let cache = WatchCache::start(s.clone(), "/pods/", opts).await.expect("start");
+    let start = cache.window_start();
+    let r1 = put(&s, "/pods/a", "1").await;
+    cache.list(&KeyRange::prefix("/pods/"), r1).await.expect("cache caught up");
+    assert_eq!((cache.window_start(), cache.window_len()), (start, 1));
+
+    // A watch of an idle range inside the window starts with a progress notification at the
+    // cache's revision (its replay is empty), when it asks for progress.
+    let mut idle = cache
+        .watch(WatchRequest::new(KeyRange::prefix("/pods/z"), r1).with_progress_notify())
+        .await
+        .expect("watch");
+    let first = tokio::time::timeout(Duration::from_secs(5), idle.next())
+        .await
+        .expect("in time")
+        .expect("open")
+        .expect("progress");
+    assert!(first.is_progress_notify() && first.header_revision >= r1, "{first:?}");
+
+    // Once older than max_age, the event leaves the window (progress notifications of the
+    // store, every 50 ms here, trim it): a watch from r1 now goes to the store.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!((cache.window_start(), cache.window_len()), (r1 + 1, 0));
+    let later = put(&s, "/other/x", "x").await;
+    s.compact(later).await.expect("compact");
+    let mut old =
+        cache.watch(WatchRequest::new(KeyRange::prefix("/pods/"), r1)).await.expect("watch");
+    assert!(matches!(next_events(&mut old).await, Err(crate::Error::Compacted { .. })));
+}
