@@ -286,8 +286,10 @@ async fn a_service_account_token_bound_to_view_lists_pods_but_cannot_create_them
             .filter(|e| e["user"]["username"] == "system:serviceaccount:default:reader")
             .collect();
         ensure!(
-            events.iter().any(|e| e["responseStatus"]["code"] == 403
-                && e["objectRef"]["resource"] == "secrets")
+            events
+                .iter()
+                .any(|e| e["responseStatus"]["code"] == 403
+                    && e["objectRef"]["resource"] == "secrets")
                 && events.iter().any(|e| e["responseStatus"]["code"] == 200)
                 && events.iter().all(|e| e["user"]["uid"].is_string()),
             "the reader's audit events: {events:?}"
