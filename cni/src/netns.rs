@@ -167,7 +167,12 @@ impl NsThread {
     /// Opens an rtnetlink connection in the thread's current namespace, driven by the
     /// thread's runtime. Must be called from inside the work's future.
     pub fn connect(&self) -> Result<rtnetlink::Handle> {
-        let (conn, handle, _) = rtnetlink::new_connection().map_err(Error::Connect)?;
+        let (mut conn, handle, _) = rtnetlink::new_connection().map_err(Error::Connect)?;
+        // Strict checking makes the kernel honour a dump request's filters (an address dump
+        // for one link, a route dump for one table and family), so a dump's cost does not
+        // grow with the node's pod count.
+        use netlink_sys::AsyncSocket;
+        conn.socket_mut().socket_mut().set_netlink_get_strict_chk(true).map_err(Error::Connect)?;
         tokio::spawn(conn);
         Ok(handle)
     }

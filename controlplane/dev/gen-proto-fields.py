@@ -20,7 +20,9 @@ here = os.path.dirname(os.path.abspath(__file__))
 registry = open(os.path.join(here, "..", "src", "registry.rs")).read()
 roots = set(re.findall(r'"(io\.k8s\.[A-Za-z0-9_.]+)"', registry))
 roots |= {"io.k8s.apimachinery.pkg.runtime.Unknown", "io.k8s.api.autoscaling.v1.Scale",
-          "io.k8s.apimachinery.pkg.apis.meta.v1.DeleteOptions"}
+          "io.k8s.apimachinery.pkg.apis.meta.v1.DeleteOptions",
+          # serviceaccounts/token (kubectl create token)
+          "io.k8s.api.authentication.v1.TokenRequest"}
 
 STRUCT = re.compile(r"pub struct (\w+) \{(.*?)\n\}", re.S)
 FIELD = re.compile(r"#\[prost\((.*?)\)\]\s*pub ((?:r#)?\w+):", re.S)

@@ -3,6 +3,8 @@
 //! its Endpoints and EndpointSlice pointing at this server, as upstream's bootstrap
 //! controllers keep them.
 //!
+//! It also ensures the default RBAC policy ([`crate::auth::policy`]).
+//!
 //! Runs at every start, through the same write pipeline as clients (field manager
 //! `kube-apiserver`): missing objects are created, and the Endpoints and EndpointSlice follow
 //! the server's address when it changed. The Service gets the service CIDR's first address,
@@ -143,5 +145,6 @@ pub async fn run(state: &ApiState, address: SocketAddr) -> Result<()> {
         &["endpoints", "ports"],
     )
     .await?;
+    crate::auth::policy::ensure(state).await?;
     Ok(())
 }

@@ -20,6 +20,9 @@
 //! - [`bootstrap`]: the system namespaces and the `kubernetes` Service at every start;
 //! - [`defaults`]: upstream's `SetDefaults_*` for the served kinds;
 //! - [`validation`]: upstream's validation rules with its field paths and messages;
+//! - [`fuzzing`]: what the fuzz target (`controlplane/fuzz`) runs on every input;
+//! - [`metrics`]: `/metrics` under upstream's metric names;
+//! - [`audit`]: the audit log (JSON lines at the Metadata level);
 //! - [`pipeline`]: the write pipeline (decode, patch, field validation, strategy, field
 //!   ownership, store) behind every create, update and patch;
 //! - [`printers`]: `Table`s for `kubectl get` and `PartialObjectMetadata`, by `Accept`;
@@ -28,7 +31,10 @@
 //! - [`pki`]: the cluster CA, serving and admin certificates and the admin kubeconfig;
 //! - [`snapshot`]: `snapshot save|restore` of the embedded store;
 //! - [`server`]: the HTTP router (axum) and the TLS listener with x509 client-certificate
-//!   authentication.
+//!   authentication;
+//! - [`auth`]: bearer tokens (service-account JWTs, bootstrap tokens), RBAC with the default
+//!   policy and aggregation, the node authorizer and NodeRestriction, TokenRequest and the
+//!   review APIs.
 //!
 //! - [`rest`]: get, list, create, update, patch and delete of every resource, and its
 //!   `status` and `scale`, over HTTP;
@@ -36,15 +42,19 @@
 //!   serve them;
 //! - [`selectors`]: label and field selectors.
 //!
-//! Limits: no RBAC yet; see each module's docs.
+//! Limits: see each module's docs.
 
 pub mod admission;
 pub mod apply;
+pub mod audit;
+pub mod auth;
 pub mod bootstrap;
 pub mod defaults;
 pub mod discovery;
 pub mod fields;
+pub mod fuzzing;
 pub mod managed;
+pub mod metrics;
 pub mod objects;
 pub mod patch;
 pub mod pipeline;

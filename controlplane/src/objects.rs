@@ -285,7 +285,8 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-fn new_uid() -> String {
+/// A new random (version 4) uid.
+pub(crate) fn new_uid() -> String {
     let b: [u8; 16] = rand::random();
     let h = hex::encode(b);
     // RFC 4122 version 4 layout.

@@ -9,8 +9,12 @@
 //! Identities follow Kubernetes' x509 authenticator: the subject's Common Name is the user
 //! name, each Organization a group. The admin is `kubernetes-admin` in `system:masters`.
 //!
-//! Limits: certificates keep rcgen's default validity (no expiry to speak of); expiry and
-//! rotation come with the security part of issue 5.
+//! Expiry and rotation: the CA is valid for ten years, the serving and admin certificates for
+//! one, as kubeadm's. At every start a leaf certificate with less than [`RENEW_BEFORE`] left (or
+//! already expired, or unreadable) is re-issued under the same CA with a new key, so a server
+//! restarted at least once a month never serves an expired certificate; the admin kubeconfig
+//! is rewritten with the new credentials. A CA near its end is reported, not replaced (a new CA
+//! would lock out every client and node).
 
 use std::fs;
 use std::io::Write;
@@ -161,9 +165,36 @@ fn store_pair(dir: &Path, name: &str, c: &Credential) -> Result<()> {
     write_file(&dir.join(format!("{name}.crt")), &c.crt, 0o644)
 }
 
+/// A leaf certificate's lifetime.
+pub const LEAF_VALIDITY: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+/// The CA's lifetime.
+pub const CA_VALIDITY: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 24 * 3600);
+/// A leaf certificate with less than this left is re-issued at start.
+pub const RENEW_BEFORE: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
+/// Sets a validity window from an hour ago (clock skew) for `lifetime`.
+fn validity(params: &mut CertificateParams, lifetime: std::time::Duration) {
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + lifetime;
+}
+
+/// How long a PEM certificate has left (negative: expired); `None` when it does not parse.
+pub fn remaining(crt_pem: &str) -> Option<i64> {
+    let der = CertificateDer::from_pem_slice(crt_pem.as_bytes()).ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    let not_after = cert.validity().not_after.timestamp();
+    Some(not_after - time::OffsetDateTime::now_utc().unix_timestamp())
+}
+
+fn due(c: &Credential) -> bool {
+    remaining(&c.crt).is_none_or(|left| left < RENEW_BEFORE.as_secs() as i64)
+}
+
 fn new_ca() -> Result<Credential> {
     let key = KeyPair::generate().map_err(rc("generate the CA key"))?;
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(rc("CA parameters"))?;
+    validity(&mut params, CA_VALIDITY);
     params.distinguished_name.push(DnType::CommonName, "kubernetes");
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![
@@ -175,7 +206,8 @@ fn new_ca() -> Result<Credential> {
     Ok(Credential { crt: crt.pem(), key: key.serialize_pem() })
 }
 
-fn issue(ca: &Credential, params: CertificateParams, what: &str) -> Result<Credential> {
+fn issue(ca: &Credential, mut params: CertificateParams, what: &str) -> Result<Credential> {
+    validity(&mut params, LEAF_VALIDITY);
     let ca_key = KeyPair::from_pem(&ca.key).map_err(rc("parse the CA key"))?;
     let issuer =
         Issuer::from_ca_cert_pem(&ca.crt, ca_key).map_err(rc("parse the CA certificate"))?;
@@ -225,7 +257,12 @@ impl Pki {
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
             .map_err(|source| Error::Io { op: "chmod", path: dir.to_owned(), source })?;
         let ca = match load_pair(dir, "ca")? {
-            Some(ca) => ca,
+            Some(ca) => {
+                if remaining(&ca.crt).is_some_and(|left| left < RENEW_BEFORE.as_secs() as i64) {
+                    tracing::warn!(dir = %dir.display(), "the cluster CA expires within 30 days; plan a CA rotation");
+                }
+                ca
+            }
             None => {
                 let ca = new_ca()?;
                 store_pair(dir, "ca", &ca)?;
@@ -236,7 +273,7 @@ impl Pki {
         let sans_path = dir.join("apiserver.sans");
         let wanted = sans.join("\n");
         let apiserver = match (load_pair(dir, "apiserver")?, read(&sans_path)?) {
-            (Some(s), Some(had)) if had == wanted => s,
+            (Some(s), Some(had)) if had == wanted && !due(&s) => s,
             _ => {
                 let mut params = CertificateParams::new(sans.to_vec())
                     .map_err(rc("serving certificate names"))?;
@@ -251,8 +288,8 @@ impl Pki {
             }
         };
         let admin = match load_pair(dir, "admin")? {
-            Some(c) => c,
-            None => {
+            Some(c) if !due(&c) => c,
+            _ => {
                 let mut params =
                     CertificateParams::new(Vec::<String>::new()).map_err(rc("admin parameters"))?;
                 params.distinguished_name.push(DnType::CommonName, ADMIN_USER);
@@ -366,6 +403,40 @@ mod tests {
                 "{key}"
             );
         }
+    }
+
+    #[test]
+    fn certificates_expire_and_those_near_their_end_are_reissued_under_the_same_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Pki::load_or_create(dir.path(), &sans()).unwrap();
+        let day = 24 * 3600;
+        let leaf = remaining(&first.apiserver.crt).unwrap();
+        assert!((364 * day..=366 * day).contains(&leaf), "a leaf lives a year: {leaf} s");
+        let ca = remaining(&first.ca.crt).unwrap();
+        assert!(ca > 9 * 365 * day, "the CA lives ten years: {ca} s");
+        // A serving certificate with 10 days left (issued by the same CA) is renewed at start.
+        let mut params = CertificateParams::new(sans()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, "kube-apiserver");
+        let ca_key = KeyPair::from_pem(&first.ca.key).unwrap();
+        let issuer = Issuer::from_ca_cert_pem(&first.ca.crt, ca_key).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::days(355);
+        params.not_after = now + time::Duration::days(10);
+        let old = Credential {
+            crt: params.signed_by(&key, &issuer).unwrap().pem(),
+            key: key.serialize_pem(),
+        };
+        store_pair(dir.path(), "apiserver", &old).unwrap();
+        let second = Pki::load_or_create(dir.path(), &sans()).unwrap();
+        assert_ne!(second.apiserver, old, "the serving certificate was renewed");
+        assert!(remaining(&second.apiserver.crt).unwrap() > 300 * day);
+        assert_eq!(second.ca, first.ca, "same CA");
+        assert_eq!(second.admin, first.admin, "the admin certificate was not due");
+        // An unreadable one is reissued too.
+        fs::write(dir.path().join("admin.crt"), "garbage").unwrap();
+        let third = Pki::load_or_create(dir.path(), &sans()).unwrap();
+        assert!(remaining(&third.admin.crt).is_some());
     }
 
     #[test]

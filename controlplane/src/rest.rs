@@ -19,7 +19,8 @@
 //! - Pod actions: `binding`, `eviction` ([`pods`](crate::pods)); the streaming subresources
 //!   answer 503 until the node tunnel exists.
 //!
-//! Not here yet: deletecollection.
+//! - `DELETE` of a collection (deletecollection) deletes what its selectors pick, one object at
+//!   a time with each one's finalizers and allocations, as upstream.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -47,16 +48,25 @@ pub fn routes() -> Router<Arc<ApiState>> {
     let object = || get(read).put(update).patch(patch).delete(delete);
     let sub = || get(read_sub).put(update_sub).patch(patch_sub).post(create_sub);
     Router::new()
-        .route("/api/v1/{resource}", get(list).post(create))
+        .route("/api/v1/{resource}", get(list).post(create).delete(delete_collection))
         .route("/api/v1/{resource}/{name}", object())
         .route("/api/v1/{resource}/{name}/{sub}", sub())
-        .route("/api/v1/namespaces/{ns}/{resource}", get(list).post(create))
+        .route(
+            "/api/v1/namespaces/{ns}/{resource}",
+            get(list).post(create).delete(delete_collection),
+        )
         .route("/api/v1/namespaces/{ns}/{resource}/{name}", object())
         .route("/api/v1/namespaces/{ns}/{resource}/{name}/{sub}", sub())
-        .route("/apis/{group}/{version}/{resource}", get(list).post(create))
+        .route(
+            "/apis/{group}/{version}/{resource}",
+            get(list).post(create).delete(delete_collection),
+        )
         .route("/apis/{group}/{version}/{resource}/{name}", object())
         .route("/apis/{group}/{version}/{resource}/{name}/{sub}", sub())
-        .route("/apis/{group}/{version}/namespaces/{ns}/{resource}", get(list).post(create))
+        .route(
+            "/apis/{group}/{version}/namespaces/{ns}/{resource}",
+            get(list).post(create).delete(delete_collection),
+        )
         .route("/apis/{group}/{version}/namespaces/{ns}/{resource}/{name}", object())
         .route("/apis/{group}/{version}/namespaces/{ns}/{resource}/{name}/{sub}", sub())
         .merge(crate::watch::routes())
@@ -126,7 +136,8 @@ async fn list(
 ) -> Result<Response, ApiError> {
     let t = target(&p, true)?;
     if crate::watch::is_watch(&q) {
-        return crate::watch::serve(objects(&state)?, t.resource, t.namespace, &q).await;
+        let repr = representation(&headers)?;
+        return crate::watch::serve(objects(&state)?, t.resource, t.namespace, &q, repr).await;
     }
     let selectors = Selectors::parse(
         q.get("labelSelector").map(String::as_str),
@@ -192,7 +203,7 @@ async fn list(
     }
 }
 
-fn representation(headers: &HeaderMap) -> Result<Representation, ApiError> {
+pub(crate) fn representation(headers: &HeaderMap) -> Result<Representation, ApiError> {
     printers::negotiate(headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok()))
 }
 
@@ -413,18 +424,15 @@ async fn write_part(
     Ok(written(out, t.resource, part))
 }
 
-async fn delete(
-    State(state): State<Arc<ApiState>>,
-    Path(p): Path<Params>,
-    Query(q): Query<Params>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let t = target(&p, false)?;
-    let name = t.name.unwrap_or_default();
-    // DeleteOptions in the body (kubectl sends one): preconditions and dryRun.
+/// `DeleteOptions` from a delete's body and query: preconditions and dry run.
+fn delete_options(
+    state: &ApiState,
+    q: &Params,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(Preconditions, bool), ApiError> {
     let opts: Value =
-        if body.is_empty() { Value::Null } else { decode_body(&headers, &body, state.schemas())? };
+        if body.is_empty() { Value::Null } else { decode_body(headers, body, state.schemas())? };
     let pre = Preconditions {
         uid: opts.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_owned),
         resource_version: match opts
@@ -439,26 +447,97 @@ async fn delete(
     };
     let body_dry =
         opts.get("dryRun").and_then(Value::as_array).is_some_and(|a| a.iter().any(|v| v == "All"));
-    let dry = dry_run(&q)? || body_dry;
-    let r = t.resource;
+    Ok((pre, dry_run(q)? || body_dry))
+}
+
+/// Deletes one object through admission (its allocations go in the same transaction).
+async fn delete_one(
+    state: &ApiState,
+    r: &'static Resource,
+    namespace: Option<&str>,
+    name: &str,
+    pre: &Preconditions,
+    dry: bool,
+) -> Result<Deleted, ApiError> {
     let admission = state.admission();
-    admission.check_delete(r, &name)?;
+    admission.check_delete(r, name)?;
     let reads = admission.reads(r);
-    let deleted = objects(&state)?
-        .delete_with(
-            r,
-            t.namespace.as_deref(),
-            &name,
-            &pre,
-            dry,
-            &reads,
-            |current, read, effects| admission.release(r, current, read, effects),
-        )
-        .await?;
-    match deleted {
+    objects(state)?
+        .delete_with(r, namespace, name, pre, dry, &reads, |current, read, effects| {
+            admission.release(r, current, read, effects)
+        })
+        .await
+}
+
+async fn delete(
+    State(state): State<Arc<ApiState>>,
+    Path(p): Path<Params>,
+    Query(q): Query<Params>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let t = target(&p, false)?;
+    let name = t.name.clone().unwrap_or_default();
+    let (pre, dry) = delete_options(&state, &q, &headers, &body)?;
+    let r = t.resource;
+    match delete_one(&state, r, t.namespace.as_deref(), &name, &pre, dry).await? {
         Deleted::Pending(obj) => {
             Ok((StatusCode::ACCEPTED, axum::Json(with_type(obj, r))).into_response())
         }
         Deleted::Gone(obj) => Ok(axum::Json(with_type(obj, r)).into_response()),
     }
+}
+
+/// `DELETE` of a collection (deletecollection): every object the selectors pick, one by one
+/// as upstream does (each with its finalizers and allocations); answers the list of what was
+/// deleted or marked for deletion.
+async fn delete_collection(
+    State(state): State<Arc<ApiState>>,
+    Path(p): Path<Params>,
+    Query(q): Query<Params>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let t = target(&p, true)?;
+    let r = t.resource;
+    if r.namespaced && t.namespace.is_none() {
+        return Err(ApiError::new(
+            405,
+            "MethodNotAllowed",
+            format!("deletecollection of {} needs a namespace", r.plural),
+        ));
+    }
+    let selectors = Selectors::parse(
+        q.get("labelSelector").map(String::as_str),
+        q.get("fieldSelector").map(String::as_str),
+        r,
+    )
+    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let (pre, dry) = delete_options(&state, &q, &headers, &body)?;
+    let page = crate::watch::list(
+        objects(&state)?,
+        r,
+        t.namespace.as_deref(),
+        &ListOptions::default(),
+        &selectors,
+    )
+    .await?;
+    let mut items = Vec::with_capacity(page.items.len());
+    for obj in page.items {
+        let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+        let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str);
+        match delete_one(&state, r, ns, name, &pre, dry).await {
+            Ok(Deleted::Gone(o) | Deleted::Pending(o)) => items.push(with_type(o, r)),
+            // Deleted meanwhile by someone else: it is gone, which is what was asked.
+            Err(e) if e.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(axum::Json(json!({
+        "kind": format!("{}List", r.gvk.kind),
+        "apiVersion": r.gvk.api_version(),
+        "metadata": { "resourceVersion": page.resource_version.to_string() },
+        "items": items,
+    }))
+    .into_response())
 }

@@ -8,10 +8,12 @@
 //! tokio-rustls because the handshake's client certificate is the identity, which each
 //! connection's router receives as an [`Authenticated`] extension.
 //!
-//! Authentication: the client certificate must chain to the cluster CA (rustls checks it in
-//! the handshake); a connection without one is accepted and every request on it is refused
-//! with a 401 `Status`, as upstream does with anonymous authentication off. Authorization is
-//! not done yet (every authenticated user may read discovery and OpenAPI).
+//! Authentication: a client certificate must chain to the cluster CA (rustls checks it in
+//! the handshake); a connection without one is accepted, and its requests must carry a bearer
+//! token (service-account or bootstrap token) or are refused with a 401 `Status`, as upstream
+//! does with anonymous authentication off. Every request then passes the
+//! [`auth`](crate::auth) middleware: authorization (system:masters, the node authorizer,
+//! RBAC) and the node's admission.
 //!
 //! Served today: `/version`, `/healthz`, `/livez`, `/readyz`, discovery (`/api`, `/api/v1`,
 //! `/apis`, `/apis/<g>`, `/apis/<g>/<v>`, aggregated discovery by `Accept`), `/openapi/v2`
@@ -24,9 +26,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Extension, Path as UrlPath, Request};
+use axum::extract::{Extension, Path as UrlPath};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -79,6 +81,31 @@ pub enum Error {
         #[source]
         source: Box<keelson_store::embedded::Error>,
     },
+    /// The service-account signing key could not be loaded or made.
+    #[error("service-account key in {dir}")]
+    ServiceAccountKey {
+        /// The PKI directory.
+        dir: PathBuf,
+        /// The cause.
+        #[source]
+        source: crate::auth::token::Error,
+    },
+    /// The audit log could not be opened.
+    #[error("open the audit log {path}")]
+    Audit {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The key file for Secrets at rest is unusable.
+    #[error("the encryption key file")]
+    EncryptionKeys {
+        /// The cause.
+        #[source]
+        source: Box<keelson_store::encrypted::KeyFileError>,
+    },
     /// The system namespaces or the `kubernetes` Service could not be written.
     #[error("bootstrap the cluster's system objects")]
     Bootstrap {
@@ -112,6 +139,11 @@ pub struct Config {
     pub advertise: Option<IpAddr>,
     /// Where objects live.
     pub store: StoreChoice,
+    /// The audit log (`None`: `DIR/audit.log`).
+    pub audit_log: Option<PathBuf>,
+    /// The key file Secrets are encrypted at rest with (`None`:
+    /// `DIR/pki/secrets-encryption.key`, created on first start).
+    pub encryption_key_file: Option<PathBuf>,
     /// The service CIDR and node-port range.
     pub services: crate::admission::ServiceNetwork,
     /// How much history the store keeps: every `compaction_interval` (sampled more often) it
@@ -228,7 +260,10 @@ pub struct ApiState {
     server_address: String,
     objects: Option<crate::objects::Objects>,
     admission: crate::admission::Admission,
+    auth: Arc<crate::auth::Auth>,
     snapshots: Option<Arc<keelson_store::embedded::EmbeddedStore>>,
+    metrics: Arc<crate::metrics::Metrics>,
+    audit: Option<Arc<crate::audit::AuditLog>>,
 }
 
 impl ApiState {
@@ -250,8 +285,27 @@ impl ApiState {
             server_address,
             objects: None,
             admission: crate::admission::Admission::default(),
+            auth: Arc::new(crate::auth::Auth::default()),
             snapshots: None,
+            metrics: Arc::new(crate::metrics::Metrics::new()),
+            audit: None,
         }
+    }
+
+    /// The authenticators and authorizers.
+    pub fn auth(&self) -> &Arc<crate::auth::Auth> {
+        &self.auth
+    }
+
+    /// The same state authenticating and authorizing with `auth`.
+    pub fn with_auth(mut self, auth: crate::auth::Auth) -> ApiState {
+        self.auth = Arc::new(auth);
+        self
+    }
+
+    /// The `host:port` clients are told to dial.
+    pub fn server_address(&self) -> &str {
+        &self.server_address
     }
 
     /// The same state serving objects from `objects`.
@@ -268,6 +322,12 @@ impl ApiState {
     /// The schema source.
     pub fn schemas(&self) -> &Schemas {
         &self.schemas
+    }
+
+    /// The same state recording every request in `log`.
+    pub fn with_audit(mut self, log: crate::audit::AuditLog) -> ApiState {
+        self.audit = Some(Arc::new(log));
+        self
     }
 
     /// The same state serving snapshots of this embedded store.
@@ -296,11 +356,13 @@ impl ApiState {
 #[derive(Debug, Clone, Default)]
 pub struct Authenticated(pub Option<UserInfo>);
 
-/// The API router. Requests need an [`Authenticated`] extension with a user; without one they
-/// get 401.
+/// The API router. Requests need an [`Authenticated`] extension with a user or a valid bearer
+/// token; without either they get 401. Then they are authorized ([`crate::auth::middleware`]).
 pub fn router(state: Arc<ApiState>) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/version", get(version))
+        // The Python client asks for `/version/`.
+        .route("/version/", get(version))
         .route("/healthz", get(health))
         .route("/livez", get(health))
         .route("/readyz", get(health))
@@ -313,10 +375,26 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/openapi/v3", get(openapi_v3_index))
         .route("/openapi/v3/{*path}", get(openapi_v3))
         .route(crate::snapshot::PATH, get(snapshot))
+        .merge(crate::auth::review::routes())
         .merge(crate::rest::routes())
         .fallback(|| async { ApiError::NotFound("no such path".to_owned()) })
-        .layer(middleware::from_fn(authenticate))
-        .with_state(state)
+        .route("/metrics", get(metrics))
+        .layer(middleware::from_fn_with_state(state.clone(), crate::auth::middleware))
+        .layer(middleware::from_fn_with_state(state.metrics.clone(), crate::metrics::track));
+    let router = match state.audit.clone() {
+        Some(log) => router.layer(middleware::from_fn_with_state(log, crate::audit::record)),
+        None => router,
+    };
+    router.with_state(state)
+}
+
+/// `GET /metrics`: the Prometheus text exposition.
+async fn metrics(axum::extract::State(state): axum::extract::State<Arc<ApiState>>) -> Response {
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics.render(),
+    )
+        .into_response()
 }
 
 /// `GET /keelson/v1/snapshot`: a consistent copy of the embedded store.
@@ -334,20 +412,6 @@ async fn snapshot(axum::extract::State(state): axum::extract::State<Arc<ApiState
             ([(http::header::CONTENT_TYPE, "application/octet-stream")], body).into_response()
         }
         Err(e) => crate::objects::ApiError::internal(format!("snapshot: {e:#}")).into_response(),
-    }
-}
-
-async fn authenticate(
-    auth: Option<Extension<Authenticated>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    match auth.and_then(|Extension(a)| a.0) {
-        Some(user) => {
-            tracing::debug!(user = %user.name, method = %request.method(), path = %request.uri().path(), "request");
-            next.run(request).await
-        }
-        None => ApiError::Unauthorized.into_response(),
     }
 }
 
@@ -473,6 +537,14 @@ pub struct Listener {
     acceptor: TlsAcceptor,
     router: Router,
     kubeconfig: PathBuf,
+    /// The RBAC index's refresher, which ends with the listener.
+    refresher: tokio::task::AbortHandle,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.refresher.abort();
+    }
 }
 
 /// Loads or creates the PKI under `DIR/pki`, binds the listen address, and writes
@@ -520,21 +592,49 @@ pub async fn bind(config: &Config) -> Result<Listener> {
             Arc::new(store)
         }
     };
+    let key_file = config
+        .encryption_key_file
+        .clone()
+        .unwrap_or_else(|| pki_dir.join("secrets-encryption.key"));
+    let keys = keelson_store::encrypted::KeyFile::load_or_create(&key_file)
+        .map_err(|source| Error::EncryptionKeys { source: Box::new(source) })?;
+    let store: Arc<dyn keelson_store::Store> =
+        Arc::new(keelson_store::encrypted::EncryptedStore::new(
+            store,
+            keys,
+            vec![b"/registry/secrets/".to_vec()],
+        ));
     let cache_opts = keelson_store::watch_cache::Options {
         max_age: Some(config.compaction_interval),
         ..Default::default()
     };
-    let objects = crate::objects::Objects::with_watch_caches(store, cache_opts);
+    let objects = crate::objects::Objects::with_watch_caches(store.clone(), cache_opts);
+    let signer = crate::auth::token::Signer::load_or_create(&pki_dir)
+        .map_err(|source| Error::ServiceAccountKey { dir: pki_dir.clone(), source })?;
     let mut state = ApiState::new(client.to_string())
-        .with_objects(objects)
-        .with_admission(crate::admission::Admission { services: config.services.clone() });
+        .with_objects(objects.clone())
+        .with_admission(crate::admission::Admission { services: config.services.clone() })
+        .with_auth(crate::auth::Auth::new(Some(signer), Some(objects)));
     if let Some(e) = embedded {
         state = state.with_snapshots(e);
     }
+    let audit_path = config.audit_log.clone().unwrap_or_else(|| config.data_dir.join("audit.log"));
+    let audit = crate::audit::AuditLog::start(audit_path.clone())
+        .map_err(|source| Error::Audit { path: audit_path, source })?;
+    state = state.with_audit(audit);
     let state = Arc::new(state);
     crate::bootstrap::run(&state, client).await.map_err(|source| Error::Bootstrap { source })?;
+    // The first RBAC index before the first request; the refresher keeps it current.
+    state.auth().refresh().await.map_err(|source| Error::Bootstrap { source })?;
+    let refresher = crate::auth::Auth::spawn_refresher(state.clone(), store).abort_handle();
     tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), kubeconfig = %kubeconfig.display(), "API server listening");
-    Ok(Listener { listener, acceptor: TlsAcceptor::from(tls), router: router(state), kubeconfig })
+    Ok(Listener {
+        listener,
+        acceptor: TlsAcceptor::from(tls),
+        router: router(state),
+        kubeconfig,
+        refresher,
+    })
 }
 
 fn write_kubeconfig(pki: &Pki, path: &Path, server: &str) -> Result<()> {
@@ -594,8 +694,11 @@ impl Listener {
                     .peer_certificates()
                     .and_then(|c| c.first())
                     .and_then(|c| pki::user_of(c));
-                let service =
-                    TowerToHyperService::new(router.layer(Extension(Authenticated(user))));
+                let service = TowerToHyperService::new(
+                    router
+                        .layer(Extension(Authenticated(user)))
+                        .layer(Extension(crate::audit::Peer(peer))),
+                );
                 let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                 if let Err(e) =
                     builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await
@@ -612,6 +715,7 @@ impl Listener {
 mod tests {
     use super::*;
     use axum::body::Body;
+    use axum::extract::Request;
     use http_body_util::BodyExt;
     use serde_json::Value;
     use std::sync::OnceLock;
@@ -742,6 +846,8 @@ mod tests {
             listen: "0.0.0.0:6443".parse().unwrap(),
             advertise: None,
             store: StoreChoice::Embedded,
+            encryption_key_file: None,
+            audit_log: None,
             services: Default::default(),
             compaction_interval: DEFAULT_COMPACTION_INTERVAL,
         };

@@ -69,6 +69,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::objects::{self, ApiError, ListOptions, ListPage, Objects, ReadAt};
+use crate::printers::Representation;
 use crate::registry::Resource;
 use crate::rest;
 use crate::selectors::Selectors;
@@ -381,8 +382,16 @@ pub async fn serve(
     r: &'static Resource,
     ns: Option<String>,
     q: &HashMap<String, String>,
+    repr: Representation,
 ) -> Result<Response, ApiError> {
     let opts = watch_options(q, r)?;
+    let table = match repr {
+        Representation::Table(version) => Some((
+            version,
+            crate::printers::IncludeObject::parse(q.get("includeObject").map(String::as_str))?,
+        )),
+        Representation::Json | Representation::Metadata(_) => None,
+    };
     let ns = if r.namespaced { ns } else { None };
     let range = key_range(r, ns.as_deref(), &opts.selectors);
     let cache = objects.caches().of(r).await?;
@@ -436,6 +445,8 @@ pub async fn serve(
         client_rv: from,
         known_rv: from,
         out: tx,
+        table,
+        columns_sent: false,
     };
     let deadline = Instant::now() + opts.timeout;
     tokio::spawn(pump.run(initial, end_bookmark.then_some(from), stream, deadline));
@@ -469,6 +480,7 @@ async fn legacy(
     State(state): State<Arc<ApiState>>,
     Path(p): Path<HashMap<String, String>>,
     Query(mut q): Query<HashMap<String, String>>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
     let t = rest::target(&p, true)?;
     if let Some(name) = &t.name {
@@ -479,7 +491,8 @@ async fn legacy(
         };
         q.insert("fieldSelector".into(), fields);
     }
-    serve(rest::objects(&state)?, t.resource, t.namespace, &q).await
+    serve(rest::objects(&state)?, t.resource, t.namespace, &q, rest::representation(&headers)?)
+        .await
 }
 
 /// `/api/v1/watch/namespaces/{name}`: a watch of one namespace.
@@ -487,12 +500,13 @@ async fn legacy_namespace(
     state: State<Arc<ApiState>>,
     Path(mut p): Path<HashMap<String, String>>,
     q: Query<HashMap<String, String>>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
     if let Some(name) = p.remove("ns") {
         p.insert("name".into(), name);
     }
     p.insert("resource".into(), "namespaces".into());
-    legacy(state, Path(p), q).await
+    legacy(state, Path(p), q, headers).await
 }
 
 /// Turns store events into watch events for one client.
@@ -506,6 +520,10 @@ struct Pump {
     /// Every change up to this revision has been sent.
     known_rv: Revision,
     out: mpsc::Sender<Bytes>,
+    /// Objects go out as one-row `Table`s of this `meta.k8s.io` version (`kubectl get -w`).
+    table: Option<(&'static str, crate::printers::IncludeObject)>,
+    /// The first Table carries the column definitions, the later ones only their row.
+    columns_sent: bool,
 }
 
 /// The stream ended (the client left, or an error was sent).
@@ -513,6 +531,26 @@ struct Closed;
 
 impl Pump {
     async fn send(&mut self, kind: &str, object: Value) -> Result<(), Closed> {
+        let object = match self.table {
+            Some((version, include)) if kind != "BOOKMARK" && kind != "ERROR" => {
+                let rv =
+                    object.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null);
+                let mut t = crate::printers::table(
+                    self.resource,
+                    &[object],
+                    include,
+                    version,
+                    json!({ "resourceVersion": rv }),
+                    chrono::Utc::now(),
+                );
+                if self.columns_sent {
+                    t["columnDefinitions"] = json!([]);
+                }
+                self.columns_sent = true;
+                t
+            }
+            _ => object,
+        };
         let mut line = match serde_json::to_vec(&json!({ "type": kind, "object": object })) {
             Ok(l) => l,
             Err(e) => {

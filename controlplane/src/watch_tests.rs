@@ -104,7 +104,9 @@ impl Lines {
 }
 
 async fn watch(o: &Objects, q: &[(&str, &str)]) -> Lines {
-    Lines::new(serve(o, cms(), Some("default".into()), &query(q)).await.unwrap())
+    Lines::new(
+        serve(o, cms(), Some("default".into()), &query(q), Representation::Json).await.unwrap(),
+    )
 }
 
 fn summary(e: &Value) -> (String, String, String) {
@@ -316,13 +318,15 @@ async fn bad_watch_options_and_selectors_are_refused_with_status_errors() {
         (vec![("watch", "true"), ("resourceVersion", "x")], 400, "invalid resource version"),
         (vec![("watch", "true"), ("timeoutSeconds", "-1")], 400, "invalid timeoutSeconds"),
     ] {
-        let e = serve(&f.objects, cms(), Some("default".into()), &query(&q)).await.unwrap_err();
+        let e = serve(&f.objects, cms(), Some("default".into()), &query(&q), Representation::Json)
+            .await
+            .unwrap_err();
         assert_eq!(e.code, code, "{q:?}: {e:?}");
         assert!(e.message.contains(words), "{q:?}: {}", e.message);
     }
     let pods = registry::find("", "v1", "pods").unwrap();
     let q = query(&[("watch", "true"), ("fieldSelector", "spec.foo=x")]);
-    let e = serve(&f.objects, pods, None, &q).await.unwrap_err();
+    let e = serve(&f.objects, pods, None, &q, Representation::Json).await.unwrap_err();
     assert_eq!((e.code, e.message.as_str()), (400, "field label not supported: spec.foo"));
 }
 
@@ -420,4 +424,31 @@ async fn the_router_serves_watch_true_and_the_legacy_watch_paths() {
     assert_eq!(list["items"].as_array().map(Vec::len), Some(1));
     let response = get("/api/v1/configmaps?labelSelector=a%20b").await.unwrap();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn kubectl_get_w_gets_one_row_tables_with_columns_once() {
+    let f = fixture().await;
+    create(&f.objects, "a", json!({}), "1").await;
+    let response = serve(
+        &f.objects,
+        cms(),
+        Some("default".into()),
+        &query(&[("watch", "true")]),
+        Representation::Table("v1"),
+    )
+    .await
+    .unwrap();
+    let mut lines = Lines::new(response);
+    let first = lines.next().await.unwrap();
+    assert_eq!(first["type"], "ADDED");
+    assert_eq!(first["object"]["kind"], "Table");
+    assert_eq!(first["object"]["columnDefinitions"][1]["name"], "Data");
+    assert_eq!(first["object"]["rows"][0]["cells"][0], "a");
+    assert_eq!(first["object"]["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+    update(&f.objects, "a", json!({}), "2").await;
+    let second = lines.next().await.unwrap();
+    assert_eq!(second["type"], "MODIFIED");
+    assert_eq!(second["object"]["columnDefinitions"], json!([]), "columns come once");
+    assert_eq!(second["object"]["rows"][0]["cells"][1], 1);
 }

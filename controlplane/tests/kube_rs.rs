@@ -39,6 +39,8 @@ impl Server {
             advertise: None,
             compaction_interval,
             store: Default::default(),
+            encryption_key_file: None,
+            audit_log: None,
             services: Default::default(),
         };
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();

@@ -73,6 +73,8 @@ impl Cluster {
             listen: "127.0.0.1:0".parse()?,
             advertise: None,
             store: Default::default(),
+            encryption_key_file: None,
+            audit_log: None,
             services: Default::default(),
             compaction_interval: DEFAULT_COMPACTION_INTERVAL,
         };
@@ -243,6 +245,16 @@ async fn kubectl_discovers_explains_and_versions_against_the_server() -> Result<
             .await?;
     ensure!(out == "c", "configmap data after replace: {out:?}");
 
+    // /metrics under upstream's names, counting what kubectl just did.
+    let metrics = kubectl_ok(&kubeconfig, &home, &["get", "--raw", "/metrics"]).await?;
+    ensure!(
+        metrics.lines().any(|l| l.starts_with("apiserver_request_total{")
+            && l.contains("verb=\"create\"")
+            && l.contains("resource=\"configmaps\"")),
+        "metrics:\n{metrics}"
+    );
+    ensure!(metrics.contains("process_resident_memory_bytes"), "metrics:\n{metrics}");
+
     // version reports the server's version.
     let out = kubectl_ok(&kubeconfig, &home, &["version"]).await?;
     ensure!(out.contains("Server Version: v1.33.0"), "version:\n{out}");
@@ -260,6 +272,27 @@ async fn kubectl_discovers_explains_and_versions_against_the_server() -> Result<
     let err = String::from_utf8_lossy(&out.stderr);
     ensure!(err.contains("Unauthorized"), "anonymous error: {err}");
 
+    // The audit log has a line per request: who did what to which object, and the answer.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let audit = std::fs::read_to_string(dir.join("data/audit.log"))?;
+    let events: Vec<serde_json::Value> =
+        audit.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    ensure!(
+        events.iter().any(|e| e["verb"] == "create"
+            && e["objectRef"]["resource"] == "configmaps"
+            && e["objectRef"]["namespace"] == "default"
+            && e["user"]["username"] == "kubernetes-admin"
+            && e["responseStatus"]["code"] == 201),
+        "no audit event for the configmap create:\n{audit}"
+    );
+    ensure!(
+        events
+            .iter()
+            .any(|e| e["user"]["username"] == "system:anonymous"
+                && e["responseStatus"]["code"] == 401),
+        "no audit event for the anonymous request"
+    );
+    ensure!(events.iter().all(|e| e["kind"] == "Event" && e["level"] == "Metadata"), "{audit}");
     c.stop().await
 }
 
@@ -506,6 +539,13 @@ async fn kubectl_patches_applies_scales_and_labels_with_field_ownership() -> Res
         sec["data"]["password"] == "aHVudGVyMg==" && sec["type"] == "Opaque",
         "secret: {sec:#}"
     );
+    // Secrets are encrypted at rest: the store file never holds the value.
+    let db = std::fs::read(c.dir.path().join("data/store.redb"))?;
+    ensure!(
+        !db.windows(12).any(|w| w == b"aHVudGVyMg=="),
+        "the store holds the secret in the clear"
+    );
+    ensure!(db.windows(18).any(|w| w == b"k8s:enc:aesgcm:v1:"), "no sealed value in the store");
     c.ok(&["create", "service", "clusterip", "gen-svc", "--tcp=80:8080"]).await?;
     let svc = c.get_json(&["service", "gen-svc"]).await?;
     ensure!(
@@ -636,6 +676,22 @@ async fn kubectl_sees_system_namespaces_the_kubernetes_service_and_allocated_ser
     let err = c.fails(&["create", "-f", &clash]).await?;
     ensure!(err.contains("provided port is already allocated"), "clash: {err}");
 
+    // deletecollection: what the selector picks goes, the rest stays.
+    for (name, batch) in [("old-a", "old"), ("old-b", "old"), ("new-a", "new")] {
+        c.ok(&["create", "configmap", name, "--from-literal=k=v"]).await?;
+        c.ok(&["label", "configmap", name, &format!("batch={batch}")]).await?;
+    }
+    let out = c
+        .ok(&["delete", "--raw", "/api/v1/namespaces/default/configmaps?labelSelector=batch%3Dold"])
+        .await?;
+    let deleted: serde_json::Value = serde_json::from_str(&out)?;
+    ensure!(
+        deleted["kind"] == "ConfigMapList" && deleted["items"].as_array().map(Vec::len) == Some(2),
+        "deletecollection: {deleted:#}"
+    );
+    let left = c.ok(&["get", "configmaps", "-l", "batch", "-o", "name"]).await?;
+    ensure!(left.trim() == "configmap/new-a", "after deletecollection: {left}");
+
     // Namespace lifecycle.
     let err = c.fails(&["delete", "namespace", "default"]).await?;
     ensure!(err.contains("may not be deleted"), "delete default: {err}");
@@ -744,7 +800,8 @@ async fn kubectl_get_watch_and_selectors_work_against_the_server() -> Result<()>
     // `kubectl get pods -w` lists, then follows every pod; `kubectl get pod web -w
     // --output-watch-events` follows one pod by name.
     let mut all = Watching::start(&s, &["get", "pods", "-w"]).await?;
-    all.expect(&["web"]).await?;
+    // The server's Table columns: READY and STATUS, not only NAME and AGE.
+    all.expect(&["web", "0/1", "Pending"]).await?;
     let mut one =
         Watching::start(&s, &["get", "pod", "web", "-w", "--output-watch-events"]).await?;
     one.expect(&["ADDED", "web"]).await?;

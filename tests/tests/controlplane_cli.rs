@@ -277,3 +277,51 @@ fn snapshot_save_from_a_running_server_and_restore_bring_back_that_moment() -> R
     ensure!(!out.status.success(), "a junk file was restored");
     Ok(())
 }
+
+/// The Python client's interpreter, installed by dev/setup into its own venv.
+fn python_client() -> std::path::PathBuf {
+    let cache = std::env::var("KEELSON_CACHE").unwrap_or_else(|_| "/var/cache/keelson".into());
+    std::path::Path::new(&cache).join("pyclient/bin/python")
+}
+
+fn need_python_client() -> Option<String> {
+    let ok = Command::new(python_client())
+        .args(["-c", "import kubernetes"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    (!ok).then(|| {
+        format!(
+            "the Python kubernetes client is not installed at {} (dev/setup installs it)",
+            python_client().display()
+        )
+    })
+}
+
+#[test]
+fn the_python_kubernetes_client_lists_watches_and_patches() {
+    use keelson_tests::{require, Tier};
+    require!(Tier::Privileged, need_python_client(), need_kubectl());
+    let run = || -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let (data, home) = (dir.path().join("data"), dir.path().join("home"));
+        std::fs::create_dir_all(&home)?;
+        let kubeconfig = data.join("admin.kubeconfig");
+        let mut server = start(&data, free_port()?)?;
+        wait_ready(&mut server, &kubeconfig, &home)?;
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/client.py");
+        let out = Command::new(python_client())
+            .arg(&script)
+            .env("KUBECONFIG", &kubeconfig)
+            .env("HOME", &home)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ensure!(String::from_utf8_lossy(&out.stdout).contains("python client: ok"), "no ok line");
+        Ok(())
+    };
+    run().expect("the Python client against keelson controlplane");
+}

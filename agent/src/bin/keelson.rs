@@ -40,23 +40,26 @@ enum Command {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    // The only TLS provider the workspace builds (see TOOLCHAIN.md: no aws-lc-rs).
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    // Called through a symlink named after the plugin type, as runtimes call plugins.
-    let invoked_as = std::env::args_os().next().map(std::path::PathBuf::from);
-    if invoked_as.as_deref().and_then(|p| p.file_name()).is_some_and(|n| n == "keelson")
-        && std::env::var_os("CNI_COMMAND").is_some()
-        && std::env::args_os().len() == 1
-    {
+    init_tracing();
+    // The CNI plugin first: runtimes start it once per pod and command, so it skips the rest
+    // of the front (TLS provider, the whole command-line parser). Called as `keelson cni`, or
+    // through a symlink named after the plugin type, as runtimes call plugins.
+    let mut args = std::env::args_os();
+    let invoked_as = args.next().map(std::path::PathBuf::from);
+    let first = args.next();
+    let as_plugin = match (&first, args.next()) {
+        (Some(a), None) => a == "cni",
+        (None, _) => {
+            invoked_as.as_deref().and_then(|p| p.file_name()).is_some_and(|n| n == "keelson")
+                && std::env::var_os("CNI_COMMAND").is_some()
+        }
+        _ => false,
+    };
+    if as_plugin {
         std::process::exit(cni::main());
     }
+    // The only TLS provider the workspace builds (see TOOLCHAIN.md: no aws-lc-rs).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Run(args) => run::main(args),
@@ -65,6 +68,16 @@ fn main() {
         Command::Controlplane(args) => controlplane::main(args),
     };
     std::process::exit(code);
+}
+
+fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The node bridge: created once, up, holding every range's gateway, with the configured or
 //! derived MTU; forwarding on in the host namespace. [`ensure`] is idempotent and repairs
-//! what is missing (a deleted address, a downed bridge).
+//! what is missing (a deleted address, a downed bridge, a fixed MTU changed). A derived MTU
+//! is the uplink's when the bridge is created; an existing bridge keeps its own.
 
 use ipnet::IpNet;
 
@@ -79,11 +80,19 @@ pub async fn ensure(
     if spec.gateways.iter().any(|g| g.addr().is_ipv6()) {
         ensure_sysctl(sys, "net/ipv6/conf/all/forwarding", "1")?;
     }
-    let mtu = resolve_mtu(nl, spec.mtu).await?;
     let name = LinkRef::Name(spec.name.clone());
-    let link = match nl.link(&name).await? {
-        Some(l) => l,
+    let (link, mtu) = match nl.link(&name).await? {
+        // An existing bridge keeps the MTU it was given (a fixed one is enforced): resolving
+        // the uplink's means a route dump, which every ADD would pay for.
+        Some(l) => {
+            let mtu = match spec.mtu {
+                Mtu::Fixed(m) => m,
+                Mtu::Auto { .. } => l.mtu,
+            };
+            (l, mtu)
+        }
         None => {
+            let mtu = resolve_mtu(nl, spec.mtu).await?;
             let create = Op::CreateBridge { name: spec.name.clone(), mtu, mac: random_mac() };
             match nl.apply(&[create]).await {
                 Ok(()) => {}
@@ -91,7 +100,11 @@ pub async fn ensure(
                 Err(e) if e.errno() == Some(libc::EEXIST) => {}
                 Err(e) => return Err(e),
             }
-            nl.link(&name).await?.ok_or_else(|| Error::NoSuchLink { name: spec.name.clone() })?
+            let l = nl
+                .link(&name)
+                .await?
+                .ok_or_else(|| Error::NoSuchLink { name: spec.name.clone() })?;
+            (l, mtu)
         }
     };
     if link.kind.as_deref() != Some("bridge") {
@@ -204,6 +217,30 @@ mod tests {
         assert_eq!(block_on(resolve_mtu(&mut nl, Mtu::Auto { overlay: None })).unwrap(), 9000);
         let vx = Mtu::Auto { overlay: Some(Overlay::VxlanV6) };
         assert_eq!(block_on(resolve_mtu(&mut nl, vx)).unwrap(), 8930);
+    }
+
+    #[test]
+    fn an_existing_bridge_keeps_its_mtu_when_auto_and_gets_the_fixed_one() {
+        let world = FakeWorld::new();
+        let host = world.add_namespace();
+        let b = block_on(ensure(
+            &mut world.netlink(host),
+            &mut world.sysctl(host),
+            &spec(Mtu::Fixed(1400)),
+        ))
+        .unwrap();
+        let auto = spec(Mtu::Auto { overlay: None });
+        let again = block_on(ensure(&mut world.netlink(host), &mut world.sysctl(host), &auto));
+        assert_eq!(again.unwrap().mtu, 1400, "auto keeps the bridge's MTU");
+        assert!(!world.ns(host).log.iter().any(|op| matches!(op, Op::SetMtu(..))));
+        let fixed = block_on(ensure(
+            &mut world.netlink(host),
+            &mut world.sysctl(host),
+            &spec(Mtu::Fixed(1300)),
+        ))
+        .unwrap();
+        assert_eq!(fixed.mtu, 1300);
+        assert_eq!(world.ns(host).links[&b.index].mtu, 1300, "a fixed MTU is enforced");
     }
 
     #[test]

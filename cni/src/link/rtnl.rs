@@ -336,11 +336,14 @@ impl Netlink for RtNetlink {
     }
 
     async fn default_routes(&mut self) -> Result<Vec<Route>> {
-        // One dump for both families (AF_UNSPEC): IPv4's routes, then IPv6's.
+        // One dump for both families (AF_UNSPEC): IPv4's routes, then IPv6's; with strict
+        // checking (see `NsThread::connect`) the kernel sends the main table's unicast
+        // routes only.
         let op = || "list routes".to_string();
         let mut req = RouteMessage::default();
         req.header.address_family = AddressFamily::Unspec;
         req.header.table = RouteHeader::RT_TABLE_MAIN;
+        req.header.kind = RouteType::Unicast;
         let replies =
             self.send(RouteNetlinkMessage::GetRoute(req), NLM_F_REQUEST | NLM_F_DUMP, &op)?;
         let mut out = Vec::new();

@@ -321,7 +321,49 @@ pub(super) static MESSAGES: &[(&str, &[F])] = &[
             ),
         ],
     ),
+    (
+        "io.k8s.api.authentication.v1.BoundObjectReference",
+        &[
+            F(1, "kind", K::String, false),
+            F(2, "api_version", K::String, false),
+            F(3, "name", K::String, false),
+            F(4, "u_id", K::String, false),
+        ],
+    ),
     ("io.k8s.api.authentication.v1.ExtraValue", &[F(1, "items", K::String, true)]),
+    (
+        "io.k8s.api.authentication.v1.TokenRequest",
+        &[
+            F(1, "metadata", K::Message("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"), false),
+            F(2, "spec", K::Message("io.k8s.api.authentication.v1.TokenRequestSpec"), false),
+            F(3, "status", K::Message("io.k8s.api.authentication.v1.TokenRequestStatus"), false),
+        ],
+    ),
+    (
+        "io.k8s.api.authentication.v1.TokenRequestSpec",
+        &[
+            F(1, "audiences", K::String, true),
+            F(4, "expiration_seconds", K::Int64, false),
+            F(
+                3,
+                "bound_object_ref",
+                K::Message("io.k8s.api.authentication.v1.BoundObjectReference"),
+                false,
+            ),
+        ],
+    ),
+    (
+        "io.k8s.api.authentication.v1.TokenRequestStatus",
+        &[
+            F(1, "token", K::String, false),
+            F(
+                2,
+                "expiration_timestamp",
+                K::Message("io.k8s.apimachinery.pkg.apis.meta.v1.Time"),
+                false,
+            ),
+        ],
+    ),
     (
         "io.k8s.api.authentication.v1.TokenReview",
         &[

@@ -254,6 +254,9 @@ pub fn decode(body: &[u8], schemas: &Schemas) -> Result<Value, Error> {
         .map(|r| r.definition)
         .or(match (group, kind.as_str()) {
             ("autoscaling", "Scale") => Some("io.k8s.api.autoscaling.v1.Scale"),
+            ("authentication.k8s.io", "TokenRequest") => {
+                Some("io.k8s.api.authentication.v1.TokenRequest")
+            }
             ("", "DeleteOptions") | ("meta.k8s.io", "DeleteOptions") => {
                 Some("io.k8s.apimachinery.pkg.apis.meta.v1.DeleteOptions")
             }

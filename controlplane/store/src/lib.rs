@@ -42,6 +42,7 @@ use futures::Stream;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod embedded;
+pub mod encrypted;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 mod types;
@@ -87,6 +88,14 @@ pub enum Error {
     #[cfg(feature = "etcd")]
     #[error("etcd")]
     Etcd(#[from] etcd::Error),
+    /// A sealed value could not be opened (unknown key, or tampered with).
+    #[error("decrypt the value of {key}: {reason}")]
+    Decrypt {
+        /// The storage key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
     /// The store was closed while the request was in flight.
     #[error("store is closed")]
     Closed,

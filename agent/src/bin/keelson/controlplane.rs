@@ -1,6 +1,7 @@
 //! `keelson controlplane --data-dir DIR [--listen ADDR:PORT] [--advertise-address IP]
 //! [--store embedded|etcd:URL,…] [--service-cidr CIDR] [--service-node-port-range A-B]
-//! [--compaction-interval DURATION]`: the Kubernetes API server (see
+//! [--compaction-interval DURATION] [--encryption-key-file FILE]
+//! [--audit-log-path FILE]`: the Kubernetes API server (see
 //! [`keelson_controlplane::server`]). Writes `DIR/admin.kubeconfig` and keeps its CA and
 //! credentials in `DIR/pki` and (embedded store) its objects in `DIR/store.redb`, so a restart
 //! on the same DIR keeps them.
@@ -35,6 +36,14 @@ pub struct ControlplaneArgs {
     /// The store: `embedded` (in the data dir) or `etcd:URL[,URL…]`.
     #[arg(long, default_value = "embedded")]
     store: StoreChoice,
+    /// The audit log (JSON lines, `audit.k8s.io/v1` Events at the Metadata level; default
+    /// `DIR/audit.log`).
+    #[arg(long)]
+    audit_log_path: Option<PathBuf>,
+    /// The key file Secrets are encrypted at rest with (`name:base64-key` lines, the first
+    /// encrypts; default `DIR/pki/secrets-encryption.key`, created on first start).
+    #[arg(long)]
+    encryption_key_file: Option<PathBuf>,
     /// Services' ClusterIPs come from this CIDR; its first address is the `kubernetes`
     /// Service's.
     #[arg(long, default_value = "10.96.0.0/12")]
@@ -115,6 +124,8 @@ fn run(args: ControlplaneArgs) -> Result<()> {
         listen: args.listen,
         advertise: args.advertise_address,
         store: args.store,
+        encryption_key_file: args.encryption_key_file,
+        audit_log: args.audit_log_path,
         compaction_interval: args.compaction_interval,
         services: ServiceNetwork {
             cidr: args.service_cidr,
