@@ -21,6 +21,7 @@
 //! - [`defaults`]: upstream's `SetDefaults_*` for the served kinds;
 //! - [`validation`]: upstream's validation rules with its field paths and messages;
 //! - [`fuzzing`]: what the fuzz target (`controlplane/fuzz`) runs on every input;
+//! - [`memory`]: glibc arenas capped and free heap handed back (`malloc_trim`);
 //! - [`metrics`]: `/metrics` under upstream's metric names;
 //! - [`audit`]: the audit log (JSON lines at the Metadata level);
 //! - [`pipeline`]: the write pipeline (decode, patch, field validation, strategy, field
@@ -54,6 +55,7 @@ pub mod discovery;
 pub mod fields;
 pub mod fuzzing;
 pub mod managed;
+pub mod memory;
 pub mod metrics;
 pub mod objects;
 pub mod patch;

@@ -132,11 +132,13 @@ fn run(args: ControlplaneArgs) -> Result<()> {
             node_ports: args.service_node_port_range,
         },
     };
+    keelson_controlplane::memory::tune();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("start the runtime")?;
     rt.block_on(async {
+        let _trimmer = keelson_controlplane::memory::spawn_trimmer();
         let listener = bind(&config).await?;
         let addr = listener.local_addr().context("listen address")?;
         eprintln!(
