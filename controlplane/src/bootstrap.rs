@@ -1,7 +1,7 @@
 //! What every cluster has from its first start: the system namespaces (`default`,
 //! `kube-system`, `kube-public`, `kube-node-lease`) and the `default/kubernetes` Service with
 //! its Endpoints and EndpointSlice pointing at this server, as upstream's bootstrap
-//! controllers keep them.
+//! controllers keep them, and each system namespace's `default` service account.
 //!
 //! It also ensures the default RBAC policy ([`crate::auth::policy`]).
 //!
@@ -89,6 +89,7 @@ pub async fn run(state: &ApiState, address: SocketAddr) -> Result<()> {
             &[],
         )
         .await?;
+        crate::serviceaccount::ensure_default(&w, ns).await?;
     }
     let port = address.port();
     let ip = address.ip();

@@ -28,6 +28,7 @@
 //!   ownership, store) behind every create, update and patch;
 //! - [`printers`]: `Table`s for `kubectl get` and `PartialObjectMetadata`, by `Accept`;
 //! - [`proto`]: Kubernetes protobuf request bodies (kubectl's generators) decoded to JSON;
+//! - [`serviceaccount`]: ServiceAccount admission and each namespace's `default` account;
 //! - [`pods`]: Pod binding and eviction (PodDisruptionBudgets), streaming placeholders;
 //! - [`pki`]: the cluster CA, serving and admin certificates and the admin kubeconfig;
 //! - [`snapshot`]: `snapshot save|restore` of the embedded store;
@@ -69,6 +70,7 @@ pub mod rest;
 pub mod schema;
 pub mod selectors;
 pub mod server;
+pub mod serviceaccount;
 pub mod snapshot;
 pub mod strategy;
 pub mod validation;

@@ -302,6 +302,19 @@ impl Writer<'_> {
         }
     }
 
+    /// What follows the creation of `object`: a new Namespace gets its `default` service
+    /// account.
+    async fn created(&self, object: &Value) -> Result<()> {
+        let r = self.resource;
+        if self.options.dry_run || r.gvk.kind != "Namespace" || !r.gvk.group.is_empty() {
+            return Ok(());
+        }
+        match object.pointer("/metadata/name").and_then(Value::as_str) {
+            Some(ns) => crate::serviceaccount::ensure_default(self, ns).await,
+            None => Ok(()),
+        }
+    }
+
     /// `POST` of a new object.
     pub async fn create(&self, mut obj: Value) -> Result<Outcome> {
         check_type(&mut obj, &self.resource.gvk)?;
@@ -321,6 +334,9 @@ impl Writer<'_> {
             &self.manager(Part::Object, &time, &api_version),
         );
         self.admission.check_namespace(self.objects, self.resource, self.namespace).await?;
+        let account =
+            crate::serviceaccount::lookup(self.objects, self.resource, self.namespace, &obj)
+                .await?;
         let reads = self.admission.reads(self.resource);
         let object = self
             .objects
@@ -336,11 +352,15 @@ impl Writer<'_> {
                     {
                         m.insert("namespace".into(), Value::String(ns.to_owned()));
                     }
+                    if let Some(account) = &account {
+                        crate::serviceaccount::admit(&mut next, account);
+                    }
                     self.admission.admit(self.resource, None, &mut next, read, effects)?;
                     Ok(next)
                 },
             )
             .await?;
+        self.created(&object).await?;
         Ok(Outcome { object, created: true, warnings })
     }
 
@@ -426,12 +446,21 @@ impl Writer<'_> {
             check_type(&mut config, &self.resource.gvk)?;
             self.validate_fields(&mut config, &mut warnings)?;
             self.restrict_config(part, &mut config);
-            // An apply that creates must respect the namespace's lifecycle.
+            // An apply that creates must respect the namespace's lifecycle, and a pod it
+            // creates gets its service account.
+            let mut account = None;
             if let Err(e) = self.objects.get(self.resource, self.namespace, name).await {
                 if e.code != 404 {
                     return Err(e);
                 }
                 self.admission.check_namespace(self.objects, self.resource, self.namespace).await?;
+                account = crate::serviceaccount::lookup(
+                    self.objects,
+                    self.resource,
+                    self.namespace,
+                    &config,
+                )
+                .await?;
             }
             let reads = self.admission.reads(self.resource);
             let written = self
@@ -463,11 +492,17 @@ impl Writer<'_> {
                             }
                         }
                         self.validate(part, current, &next)?;
+                        if let (None, Some(account)) = (current, &account) {
+                            crate::serviceaccount::admit(&mut next, account);
+                        }
                         self.admission.admit(self.resource, current, &mut next, read, effects)?;
                         Ok(next)
                     },
                 )
                 .await?;
+            if written.created {
+                self.created(&written.object).await?;
+            }
             return Ok(outcome(written, warnings));
         }
         let reads = self.admission.reads(self.resource);

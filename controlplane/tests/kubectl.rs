@@ -715,6 +715,38 @@ async fn kubectl_sees_system_namespaces_the_kubernetes_service_and_allocated_ser
         err.contains("namespaces \"nowhere\" not found"),
         "create in a missing namespace: {err}"
     );
+
+    // ServiceAccount admission: a new namespace has its `default` account, a pod gets it and
+    // its token volume, a pod naming a missing account is refused.
+    c.ok(&["create", "namespace", "team"]).await?;
+    c.ok(&["get", "serviceaccount", "default", "-n", "team"]).await?;
+    c.ok(&["run", "web", "-n", "team", "--image=nginx"]).await?;
+    let pod = c.get_json(&["pod", "web", "-n", "team"]).await?;
+    ensure!(pod["spec"]["serviceAccountName"] == "default", "{pod:#}");
+    let volume = pod["spec"]["volumes"][0]["name"].as_str().unwrap_or_default();
+    ensure!(volume.starts_with("kube-api-access-"), "{pod:#}");
+    ensure!(
+        pod["spec"]["containers"][0]["volumeMounts"][0]["mountPath"]
+            == "/var/run/secrets/kubernetes.io/serviceaccount",
+        "{pod:#}"
+    );
+    let err = c
+        .fails(&[
+            "run",
+            "lost",
+            "-n",
+            "team",
+            "--image=nginx",
+            "--overrides",
+            r#"{"spec":{"serviceAccountName":"ghost"}}"#,
+        ])
+        .await?;
+    ensure!(
+        err.contains(
+            "error looking up service account team/ghost: serviceaccount \"ghost\" not found"
+        ),
+        "a missing service account: {err}"
+    );
     c.stop().await
 }
 

@@ -113,15 +113,26 @@ impl H {
         .await
     }
 
+    /// The uid of service account `name`, created unless it exists (every namespace has
+    /// `default`).
     async fn sa(&self, ns: &str, name: &str) -> String {
-        let sa = self
-            .admin(
-                "POST",
-                &format!("/api/v1/namespaces/{ns}/serviceaccounts"),
-                json!({ "metadata": { "name": name } }),
-            )
+        let path = format!("/api/v1/namespaces/{ns}/serviceaccounts");
+        let (status, sa) = self
+            .call(Who::Admin, "POST", &path, Some(json!({ "metadata": { "name": name } })))
             .await;
+        let sa = if status == StatusCode::CONFLICT {
+            self.admin_get(&format!("{path}/{name}")).await
+        } else {
+            assert!(status.is_success(), "POST {path}: {status} {sa}");
+            sa
+        };
         sa["metadata"]["uid"].as_str().unwrap().to_owned()
+    }
+
+    async fn admin_get(&self, path: &str) -> Value {
+        let (status, v) = self.call(Who::Admin, "GET", path, None).await;
+        assert!(status.is_success(), "GET {path}: {status} {v}");
+        v
     }
 }
 
