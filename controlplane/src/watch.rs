@@ -89,6 +89,42 @@ pub struct WatchCaches {
     /// How often a watch with `allowWatchBookmarks` gets a bookmark, in milliseconds.
     bookmark_interval_ms: AtomicU64,
     caches: tokio::sync::Mutex<HashMap<String, Arc<WatchCache>>>,
+    lines: Arc<EventLines>,
+}
+
+/// How many encoded watch events [`EventLines`] keeps.
+const ENCODED_EVENTS: usize = 8192;
+
+/// Watch events as JSON lines, encoded once for every watcher that sees them whole (no
+/// selectors, no Table): with a hundred watchers of a resource, a write is decoded and
+/// encoded once, not a hundred times (upstream's cacher shares the decoded object per event
+/// and caches its serialization the same way).
+#[derive(Debug, Default)]
+pub struct EventLines {
+    lines: std::sync::Mutex<(HashMap<LineKey, Bytes>, std::collections::VecDeque<LineKey>)>,
+}
+
+/// A watch event line: the served resource (its registry entry's address: one per group,
+/// version and kind), the store key, the revision and the event type.
+type LineKey = (usize, Vec<u8>, Revision, &'static str);
+
+impl EventLines {
+    fn get(&self, k: &LineKey) -> Option<Bytes> {
+        self.lines.lock().unwrap_or_else(|e| e.into_inner()).0.get(k).cloned()
+    }
+
+    fn insert(&self, k: LineKey, line: Bytes) {
+        let mut guard = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        let (map, order) = &mut *guard;
+        if map.insert(k.clone(), line).is_none() {
+            order.push_back(k);
+            while order.len() > ENCODED_EVENTS {
+                if let Some(old) = order.pop_front() {
+                    map.remove(&old);
+                }
+            }
+        }
+    }
 }
 
 impl WatchCaches {
@@ -99,6 +135,7 @@ impl WatchCaches {
             opts,
             bookmark_interval_ms: AtomicU64::new(60_000),
             caches: tokio::sync::Mutex::new(HashMap::new()),
+            lines: Arc::new(EventLines::default()),
         }
     }
 
@@ -447,6 +484,7 @@ pub async fn serve(
         out: tx,
         table,
         columns_sent: false,
+        lines: objects.caches().lines.clone(),
     };
     let deadline = Instant::now() + opts.timeout;
     tokio::spawn(pump.run(initial, end_bookmark.then_some(from), stream, deadline));
@@ -524,6 +562,8 @@ struct Pump {
     table: Option<(&'static str, crate::printers::IncludeObject)>,
     /// The first Table carries the column definitions, the later ones only their row.
     columns_sent: bool,
+    /// Event lines shared with the resource's other watchers.
+    lines: Arc<EventLines>,
 }
 
 /// The stream ended (the client left, or an error was sent).
@@ -531,6 +571,14 @@ struct Closed;
 
 impl Pump {
     async fn send(&mut self, kind: &str, object: Value) -> Result<(), Closed> {
+        match self.encode(kind, object) {
+            Some(line) => self.out.send(line).await.map_err(|_| Closed),
+            None => Ok(()),
+        }
+    }
+
+    /// One event as its JSON line (a one-row Table when the client asked for Tables).
+    fn encode(&mut self, kind: &str, object: Value) -> Option<Bytes> {
         let object = match self.table {
             Some((version, include)) if kind != "BOOKMARK" && kind != "ERROR" => {
                 let rv =
@@ -555,11 +603,11 @@ impl Pump {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %e, "encode a watch event");
-                return Ok(());
+                return None;
             }
         };
         line.push(b'\n');
-        self.out.send(Bytes::from(line)).await.map_err(|_| Closed)
+        Some(Bytes::from(line))
     }
 
     fn bookmark_object(&self, rv: Revision, initial_end: bool) -> Value {
@@ -653,6 +701,34 @@ impl Pump {
     /// (its previous state at the change's revision) when it stops matching or is deleted.
     async fn event(&mut self, e: &Event) -> Result<(), Closed> {
         let rev = e.kv.mod_revision;
+        if self.selectors.is_empty() && self.table.is_none() {
+            // Every watcher without selectors or Tables sends the same line for this event.
+            let kind = match (e.kind, &e.prev_kv) {
+                (EventKind::Put, None) => "ADDED",
+                (EventKind::Put, Some(_)) => "MODIFIED",
+                (EventKind::Delete, _) => "DELETED",
+            };
+            let served = std::ptr::from_ref::<Resource>(self.resource) as usize;
+            let k = (served, e.kv.key.clone(), rev, kind);
+            let line = match self.lines.get(&k) {
+                Some(line) => Some(line),
+                None => {
+                    let line = self.whole(e).and_then(|(kind, obj)| {
+                        self.encode(kind, with_type(obj, self.resource))
+                    });
+                    if let Some(l) = &line {
+                        self.lines.insert(k, l.clone());
+                    }
+                    line
+                }
+            };
+            if let Some(line) = line {
+                self.out.send(line).await.map_err(|_| Closed)?;
+                self.client_rv = self.client_rv.max(rev);
+            }
+            self.known_rv = self.known_rv.max(rev);
+            return Ok(());
+        }
         let decode = |value: &[u8], at: Revision| match objects::decode(value, at) {
             Ok(v) => Some(v),
             Err(err) => {
@@ -690,6 +766,37 @@ impl Pump {
         }
         self.known_rv = self.known_rv.max(rev);
         Ok(())
+    }
+
+    /// The event as a watcher without selectors sees it.
+    fn whole(&self, e: &Event) -> Option<(&'static str, Value)> {
+        let rev = e.kv.mod_revision;
+        let decode = |value: &[u8], at: Revision| match objects::decode(value, at) {
+            Ok(v) => Some(v),
+            Err(err) => {
+                tracing::warn!(key = %String::from_utf8_lossy(&e.kv.key), error = %err, "undecodable object in a watch");
+                None
+            }
+        };
+        match e.kind {
+            EventKind::Put => {
+                let kind = if e.prev_kv.is_some() { "MODIFIED" } else { "ADDED" };
+                decode(&e.kv.value, rev).map(|o| (kind, o))
+            }
+            EventKind::Delete => {
+                let prev = e.prev_kv.as_ref().and_then(|p| decode(&p.value, p.mod_revision));
+                Some(match prev {
+                    Some(mut prev) => {
+                        if let Some(m) = prev.get_mut("metadata").and_then(Value::as_object_mut) {
+                            m.insert("resourceVersion".into(), Value::String(rev.to_string()));
+                        }
+                        ("DELETED", prev)
+                    }
+                    // The store no longer knows the last state (compacted): name what went.
+                    None => ("DELETED", self.bare_object(&e.kv.key, rev)),
+                })
+            }
+        }
     }
 
     /// An object with only the name and namespace its key holds.

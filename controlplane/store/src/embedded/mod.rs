@@ -394,9 +394,17 @@ impl Drop for EmbeddedStore {
     }
 }
 
+/// redb's page cache. Its default (1 GiB) would hold the whole store in memory beside the API
+/// server's watch caches, which already serve every list and watch; what is left for redb is
+/// the B-tree pages writes and history reads touch.
+pub const CACHE_BYTES: usize = 64 << 20;
+
 fn open_db(path: &Path) -> Result<Database, Error> {
     let open_err = |e: redb::Error| Error::Open { path: path.to_path_buf(), source: e };
-    let db = Database::create(path).map_err(|e| open_err(e.into()))?;
+    let db = Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
+        .map_err(|e| open_err(e.into()))?;
     let wtx = db.begin_write().map_err(|e| open_err(e.into()))?;
     {
         let mut t = Tables::open(&wtx).map_err(open_err)?;
