@@ -27,6 +27,7 @@
 //! - [`pipeline`]: the write pipeline (decode, patch, field validation, strategy, field
 //!   ownership, store) behind every create, update and patch;
 //! - [`printers`]: `Table`s for `kubectl get` and `PartialObjectMetadata`, by `Accept`;
+//! - [`rawlist`]: plain JSON lists spliced from the stored objects, without `Value` trees;
 //! - [`proto`]: Kubernetes protobuf request bodies (kubectl's generators) decoded to JSON;
 //! - [`serviceaccount`]: ServiceAccount admission and each namespace's `default` account;
 //! - [`pods`]: Pod binding and eviction (PodDisruptionBudgets), streaming placeholders;
@@ -65,6 +66,7 @@ pub mod pki;
 pub mod pods;
 pub mod printers;
 pub mod proto;
+pub mod rawlist;
 pub mod registry;
 pub mod rest;
 pub mod schema;

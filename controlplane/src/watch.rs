@@ -63,7 +63,9 @@ use axum::routing::get;
 use axum::Router;
 use futures::StreamExt;
 use keelson_store::watch_cache::{self, WatchCache};
-use keelson_store::{Event, EventKind, KeyRange, Revision, Store, WatchRequest, WatchStream};
+use keelson_store::{
+    Event, EventKind, KeyRange, KeyValue, Revision, Store, WatchRequest, WatchStream,
+};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -211,13 +213,8 @@ async fn cached_items(
     not_older_than: Revision,
     sel: &Selectors,
 ) -> Result<Option<(Revision, Vec<Value>)>, ApiError> {
-    let (rev, kvs) = match cache.list(range, not_older_than).await {
-        Ok(r) => r,
-        Err(watch_cache::Error::NotFresh { requested, current, .. }) => {
-            tracing::debug!(requested, current, "watch cache not fresh; reading the store");
-            return Ok(None);
-        }
-        Err(e) => return Err(cache_error(e)),
+    let Some((rev, kvs)) = cached_pairs(cache, range, not_older_than).await? else {
+        return Ok(None);
     };
     let mut items = Vec::with_capacity(kvs.len());
     for kv in kvs {
@@ -227,6 +224,61 @@ async fn cached_items(
         }
     }
     Ok(Some((rev, items)))
+}
+
+/// The stored pairs of `range` from the cache at a revision not older than `not_older_than`;
+/// `None` when the cache did not catch up in time.
+async fn cached_pairs(
+    cache: &WatchCache,
+    range: &KeyRange,
+    not_older_than: Revision,
+) -> Result<Option<(Revision, Vec<KeyValue>)>, ApiError> {
+    match cache.list(range, not_older_than).await {
+        Ok(r) => Ok(Some(r)),
+        Err(watch_cache::Error::NotFresh { requested, current, .. }) => {
+            tracing::debug!(requested, current, "watch cache not fresh; reading the store");
+            Ok(None)
+        }
+        Err(e) => Err(cache_error(e)),
+    }
+}
+
+/// The revision a list from the cache must not be older than, when upstream's cacher would
+/// serve `opts` (no continue token, no exact revision, no limit unless any revision will do);
+/// `None` when the store must serve it.
+async fn cache_floor(objects: &Objects, opts: &ListOptions) -> Result<Option<Revision>, ApiError> {
+    let from_cache = opts.continue_token.is_none()
+        && !matches!(opts.at, ReadAt::Exact(_))
+        && (opts.limit == 0 || opts.at == ReadAt::Any);
+    if !from_cache {
+        return Ok(None);
+    }
+    let store = objects.store();
+    Ok(Some(match opts.at {
+        ReadAt::Latest => current_revision(store.as_ref()).await?,
+        ReadAt::Any | ReadAt::Exact(_) => 0,
+        ReadAt::NotOlderThan(rv) => {
+            let current = current_revision(store.as_ref()).await?;
+            if rv > current {
+                return Err(too_large(rv, current));
+            }
+            rv
+        }
+    }))
+}
+
+/// A whole list of `r` without selectors, as the cache holds it: stored JSON, for
+/// [`crate::rawlist`] to send without decoding. `None` when the cache cannot serve `opts`
+/// (the caller lists through [`list`]).
+pub async fn list_stored(
+    objects: &Objects,
+    r: &Resource,
+    ns: Option<&str>,
+    opts: &ListOptions,
+) -> Result<Option<(Revision, Vec<KeyValue>)>, ApiError> {
+    let Some(floor) = cache_floor(objects, opts).await? else { return Ok(None) };
+    let cache = objects.caches().of(r).await?;
+    cached_pairs(&cache, &key_range(r, ns, &Selectors::default()), floor).await
 }
 
 /// One page of `r`'s objects selected by `sel`: from the watch cache when upstream's cacher
@@ -239,22 +291,7 @@ pub async fn list(
     opts: &ListOptions,
     sel: &Selectors,
 ) -> Result<ListPage, ApiError> {
-    let from_cache = opts.continue_token.is_none()
-        && !matches!(opts.at, ReadAt::Exact(_))
-        && (opts.limit == 0 || opts.at == ReadAt::Any);
-    if from_cache {
-        let store = objects.store();
-        let not_older_than = match opts.at {
-            ReadAt::Latest => current_revision(store.as_ref()).await?,
-            ReadAt::Any | ReadAt::Exact(_) => 0,
-            ReadAt::NotOlderThan(rv) => {
-                let current = current_revision(store.as_ref()).await?;
-                if rv > current {
-                    return Err(too_large(rv, current));
-                }
-                rv
-            }
-        };
+    if let Some(not_older_than) = cache_floor(objects, opts).await? {
         let cache = objects.caches().of(r).await?;
         if let Some((rev, items)) =
             cached_items(&cache, &key_range(r, ns, sel), not_older_than, sel).await?
@@ -713,9 +750,9 @@ impl Pump {
             let line = match self.lines.get(&k) {
                 Some(line) => Some(line),
                 None => {
-                    let line = self.whole(e).and_then(|(kind, obj)| {
-                        self.encode(kind, with_type(obj, self.resource))
-                    });
+                    let line = self
+                        .whole(e)
+                        .and_then(|(kind, obj)| self.encode(kind, with_type(obj, self.resource)));
                     if let Some(l) = &line {
                         self.lines.insert(k, l.clone());
                     }
