@@ -95,7 +95,7 @@ pub struct WatchCaches {
 }
 
 /// How many encoded watch events [`EventLines`] keeps.
-const ENCODED_EVENTS: usize = 8192;
+const ENCODED_EVENTS: usize = 1024;
 
 /// Watch events as JSON lines, encoded once for every watcher that sees them whole (no
 /// selectors, no Table): with a hundred watchers of a resource, a write is decoded and

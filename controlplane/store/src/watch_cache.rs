@@ -69,7 +69,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { capacity: 4096, max_age: None, freshness_timeout: Duration::from_secs(3) }
+        Options { capacity: 1024, max_age: None, freshness_timeout: Duration::from_secs(3) }
     }
 }
 
