@@ -201,6 +201,12 @@ async fn range_at_past_revision_sees_old_state_and_future_revision_fails(
     assert_eq!(old.kvs[0].mod_revision, r1);
     assert!(old.header_revision >= r4, "header is the current revision, not the read one");
     assert_eq!(at(r1 - 1).await.expect("range").count, 0);
+    // A limited read of the past counts what it leaves out, deletions excepted.
+    let page = |rev| s.range(RangeRequest::new(prefix.clone()).at(rev).limit(1));
+    let first = page(r3).await.expect("range");
+    assert_eq!((values(first.clone()), first.count, first.more), (vec![b"a2".to_vec()], 2, true));
+    let last = page(r4).await.expect("range");
+    assert_eq!((values(last.clone()), last.count, last.more), (vec![b"a2".to_vec()], 1, false));
 
     let current = s.current_revision().await.expect("revision");
     match s.range(RangeRequest::new(prefix.clone()).at(current + 1000)).await {

@@ -76,6 +76,24 @@ impl Record {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, CorruptError> {
+        RecordRef::decode(bytes).map(RecordRef::to_owned)
+    }
+}
+
+/// A record read in place: the header decoded, the value still borrowed from the page, so a
+/// range that only counts or skips a version copies nothing.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RecordRef<'a> {
+    pub tombstone: bool,
+    pub create_revision: Revision,
+    pub mod_revision: Revision,
+    pub version: i64,
+    pub lease: i64,
+    pub value: &'a [u8],
+}
+
+impl<'a> RecordRef<'a> {
+    pub fn decode(bytes: &'a [u8]) -> Result<Self, CorruptError> {
         if bytes.len() < HEADER || bytes[0] & !TOMBSTONE != 0 {
             return Err(CorruptError { what: "record", len: bytes.len() });
         }
@@ -84,14 +102,37 @@ impl Record {
             b.copy_from_slice(&bytes[1 + 8 * i..1 + 8 * (i + 1)]);
             i64::from_le_bytes(b)
         };
-        Ok(Record {
+        Ok(RecordRef {
             tombstone: bytes[0] & TOMBSTONE != 0,
             create_revision: int(0),
             mod_revision: int(1),
             version: int(2),
             lease: int(3),
-            value: bytes[HEADER..].to_vec(),
+            value: &bytes[HEADER..],
         })
+    }
+
+    pub fn to_owned(self) -> Record {
+        Record {
+            tombstone: self.tombstone,
+            create_revision: self.create_revision,
+            mod_revision: self.mod_revision,
+            version: self.version,
+            lease: self.lease,
+            value: self.value.to_vec(),
+        }
+    }
+
+    /// The pair, its value copied unless `keys_only`.
+    pub fn to_kv(self, key: &[u8], keys_only: bool) -> KeyValue {
+        KeyValue {
+            key: key.to_vec(),
+            value: if keys_only { Vec::new() } else { self.value.to_vec() },
+            create_revision: self.create_revision,
+            mod_revision: self.mod_revision,
+            version: self.version,
+            lease: self.lease,
+        }
     }
 }
 

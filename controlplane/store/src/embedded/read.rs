@@ -3,9 +3,9 @@
 
 use std::ops::Bound;
 
-use redb::{ReadableTable, StorageError};
+use redb::{AccessGuard, ReadableTable, StorageError};
 
-use super::codec::{decode_keys, Record};
+use super::codec::{decode_keys, Record, RecordRef};
 use super::Error;
 use crate::{Event, EventKind, KeyRange, KeyValue, RangeRequest, RangeResponse, Revision};
 
@@ -45,7 +45,8 @@ where
         return Ok(resp);
     }
     let limit = usize::try_from(req.limit).ok().filter(|l| *l > 0);
-    let mut push = |key: &[u8], rec: Record| {
+    // Past the limit a pair is only counted: its value is never copied.
+    let mut push = |key: &[u8], rec: RecordRef<'_>| {
         resp.count += 1;
         if req.count_only {
             return;
@@ -54,11 +55,7 @@ where
             resp.more = true;
             return;
         }
-        let mut kv = rec.into_kv(key);
-        if req.keys_only {
-            kv.value.clear();
-        }
-        resp.kvs.push(kv);
+        resp.kvs.push(rec.to_kv(key, req.keys_only));
     };
     if revision >= current {
         for entry in current_table
@@ -66,7 +63,7 @@ where
             .map_err(storage("range current"))?
         {
             let (k, v) = entry.map_err(storage("range current"))?;
-            push(k.value(), Record::decode(v.value())?);
+            push(k.value(), RecordRef::decode(v.value())?);
         }
     } else {
         let (lo, hi) = key_bounds(&req.range);
@@ -79,30 +76,38 @@ where
             Bound::Excluded(k) => Bound::Excluded((k, i64::MIN)),
             Bound::Unbounded => Bound::Unbounded,
         };
-        // Versions come grouped by key, oldest first: remember the newest one not after
-        // `revision` and emit it when the key changes.
-        let mut pending: Option<(Vec<u8>, Option<Record>)> = None;
+        // Versions come grouped by key, oldest first: hold the newest one not after `revision`
+        // (its page, not a copy) and emit it when the key changes.
+        let mut pending = None;
+        let mut flush = |pending: Option<(
+            AccessGuard<'_, (&[u8], i64)>,
+            AccessGuard<'_, &[u8]>,
+        )>| {
+            match pending {
+                Some((k, v)) => {
+                    let rec = RecordRef::decode(v.value())?;
+                    if !rec.tombstone {
+                        push(k.value().0, rec);
+                    }
+                    Ok::<_, Error>(())
+                }
+                None => Ok(()),
+            }
+        };
+        let mut last_key: Vec<u8> = Vec::new();
         for entry in history.range::<(&[u8], i64)>((lo, hi)).map_err(storage("range history"))? {
             let (k, v) = entry.map_err(storage("range history"))?;
             let (key, rev) = k.value();
-            if pending.as_ref().is_some_and(|(pk, _)| pk.as_slice() != key) {
-                if let Some((pk, Some(rec))) = pending.take() {
-                    push(&pk, rec);
-                }
-            }
-            if pending.is_none() {
-                pending = Some((key.to_vec(), None));
+            if key != last_key.as_slice() {
+                flush(pending.take())?;
+                last_key.clear();
+                last_key.extend_from_slice(key);
             }
             if rev <= revision {
-                let rec = Record::decode(v.value())?;
-                if let Some((_, slot)) = pending.as_mut() {
-                    *slot = (!rec.tombstone).then_some(rec);
-                }
+                pending = Some((k, v));
             }
         }
-        if let Some((pk, Some(rec))) = pending {
-            push(&pk, rec);
-        }
+        flush(pending)?;
     }
     Ok(resp)
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use redb::{ReadableTable, Table, WriteTransaction};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::codec::{decode_keys, encode_keys, Record};
+use super::codec::{decode_keys, encode_keys, Record, RecordRef};
 use super::read::{self, event};
 use super::{Clock, Committed, Error, Shared, CHANGES, CURRENT, HISTORY, LEASES, LEASE_KEYS, META};
 use crate::{
@@ -484,7 +484,7 @@ fn compact(
             t.history.range::<(&[u8], i64)>((key.as_slice(), i64::MIN)..(key.as_slice(), target))?
         {
             let (k, v) = entry?;
-            let tomb = Record::decode(v.value()).map_err(corrupt)?.tombstone;
+            let tomb = RecordRef::decode(v.value()).map_err(corrupt)?.tombstone;
             versions.push((k.value().1, tomb));
         }
         let keep = versions.last().filter(|(_, tomb)| !tomb).map(|(r, _)| *r);
