@@ -25,8 +25,8 @@ use std::sync::Arc;
 
 use base64::Engine;
 use keelson_store::{
-    Compare, CompareOp, CompareTarget, DeleteRequest, KeyRange, PutRequest, RangeRequest, Revision,
-    Store, TxnOp, TxnOpResponse, TxnRequest,
+    Compare, CompareOp, CompareTarget, DeleteRequest, KeyRange, KeyValue, PutRequest, RangeRequest,
+    Revision, Store, TxnOp, TxnOpResponse, TxnRequest,
 };
 use serde_json::{json, Map, Value};
 
@@ -215,11 +215,11 @@ pub struct ListOptions {
     pub at: ReadAt,
 }
 
-/// One page of a list.
+/// One page of a list: of decoded objects, or of the stored pairs ([`Objects::list_stored`]).
 #[derive(Debug, Clone, PartialEq)]
-pub struct ListPage {
+pub struct ListPage<T = Value> {
     /// The objects, in key order, each with its resourceVersion.
-    pub items: Vec<Value>,
+    pub items: Vec<T>,
     /// The revision the page was read at (`metadata.resourceVersion` of the list).
     pub resource_version: Revision,
     /// The token for the next page, when there is one.
@@ -745,6 +745,27 @@ impl Objects {
         namespace: Option<&str>,
         opts: &ListOptions,
     ) -> Result<ListPage> {
+        let page = self.list_stored(r, namespace, opts).await?;
+        let items = page
+            .items
+            .iter()
+            .map(|kv| decode(&kv.value, kv.mod_revision))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ListPage {
+            items,
+            resource_version: page.resource_version,
+            continue_token: page.continue_token,
+            remaining: page.remaining,
+        })
+    }
+
+    /// [`Objects::list`] as stored: the pairs, not decoded.
+    pub async fn list_stored(
+        &self,
+        r: &Resource,
+        namespace: Option<&str>,
+        opts: &ListOptions,
+    ) -> Result<ListPage<KeyValue>> {
         let ns = if r.namespaced { namespace } else { None };
         let p = prefix(r, ns);
         let whole = KeyRange::prefix(p.clone().into_bytes());
@@ -784,10 +805,6 @@ impl Objects {
         }
         let res = self.store.range(req).await?;
         let revision = if at > 0 { at } else { res.header_revision };
-        let mut items = Vec::with_capacity(res.kvs.len());
-        for kv in &res.kvs {
-            items.push(decode(&kv.value, kv.mod_revision)?);
-        }
         let (continue_token, remaining) = match (res.more, res.kvs.last()) {
             (true, Some(last)) => {
                 let mut next = last.key.clone();
@@ -797,7 +814,7 @@ impl Objects {
             }
             _ => (None, None),
         };
-        Ok(ListPage { items, resource_version: revision, continue_token, remaining })
+        Ok(ListPage { items: res.kvs, resource_version: revision, continue_token, remaining })
     }
 
     fn scope<'a>(&self, r: &Resource, namespace: Option<&'a str>) -> Result<Option<&'a str>> {

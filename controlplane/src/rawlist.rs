@@ -7,16 +7,16 @@
 //! (`serde_json::value::RawValue`), writes `apiVersion` and `kind` as served and
 //! `metadata.resourceVersion` from the item's revision, and copies everything else byte for
 //! byte. The result is what [`crate::objects::decode`] plus the list encoding give (field
-//! order aside), which the tests check. Used for plain JSON lists without selectors that the
-//! watch cache serves; Tables, metadata-only lists, selectors and store pages take the `Value`
-//! path.
+//! order aside), which the tests check. Used for every plain JSON list without selectors, from
+//! the watch cache or a page of the store; Tables, metadata-only lists and selectors take the
+//! `Value` path.
 
 use std::collections::BTreeMap;
 
 use keelson_store::{KeyValue, Revision};
 use serde_json::value::RawValue;
 
-use crate::objects::{ApiError, Result};
+use crate::objects::{ApiError, ListPage, Result};
 use crate::registry::Resource;
 
 fn undecodable(e: impl std::fmt::Display) -> ApiError {
@@ -77,16 +77,25 @@ pub fn item(out: &mut Vec<u8>, stored: &[u8], revision: Revision, r: &Resource) 
     Ok(())
 }
 
-/// A whole `…List` of `r` at `revision` from stored pairs.
-pub fn encode(r: &Resource, revision: Revision, kvs: &[KeyValue]) -> Result<Vec<u8>> {
+/// A `…List` of `r` from a page of stored pairs, with its `continue` and `remainingItemCount`.
+pub fn encode(r: &Resource, page: &ListPage<KeyValue>) -> Result<Vec<u8>> {
+    let kvs = &page.items;
     let size: usize = kvs.iter().map(|kv| kv.value.len() + 64).sum();
-    let mut out = Vec::with_capacity(size + 256);
+    let mut out = Vec::with_capacity(size + 512);
     out.extend_from_slice(b"{\"kind\":");
     serde_json::to_writer(&mut out, &format!("{}List", r.gvk.kind)).map_err(undecodable)?;
     out.extend_from_slice(b",\"apiVersion\":");
     serde_json::to_writer(&mut out, &r.gvk.api_version()).map_err(undecodable)?;
     out.extend_from_slice(b",\"metadata\":{\"resourceVersion\":");
-    serde_json::to_writer(&mut out, &revision.to_string()).map_err(undecodable)?;
+    serde_json::to_writer(&mut out, &page.resource_version.to_string()).map_err(undecodable)?;
+    if let Some(token) = &page.continue_token {
+        out.extend_from_slice(b",\"continue\":");
+        serde_json::to_writer(&mut out, token).map_err(undecodable)?;
+    }
+    if let Some(n) = page.remaining {
+        out.extend_from_slice(b",\"remainingItemCount\":");
+        serde_json::to_writer(&mut out, &n).map_err(undecodable)?;
+    }
     out.extend_from_slice(b"},\"items\":[");
     for (i, kv) in kvs.iter().enumerate() {
         if i > 0 {
@@ -105,6 +114,10 @@ mod tests {
     use serde_json::{json, Value};
 
     use super::*;
+
+    fn page(revision: Revision, items: Vec<KeyValue>) -> ListPage<KeyValue> {
+        ListPage { items, resource_version: revision, continue_token: None, remaining: None }
+    }
 
     fn kv(value: Value, rev: Revision) -> KeyValue {
         KeyValue {
@@ -131,7 +144,10 @@ mod tests {
         ];
         let kvs: Vec<KeyValue> =
             stored.iter().enumerate().map(|(i, v)| kv(v.clone(), 10 + i as i64)).collect();
-        let raw: Value = serde_json::from_slice(&encode(pods, 42, &kvs).unwrap()).unwrap();
+        let mut p = page(42, kvs.clone());
+        p.continue_token = Some("next".into());
+        p.remaining = Some(7);
+        let raw: Value = serde_json::from_slice(&encode(pods, &p).unwrap()).unwrap();
         let items: Vec<Value> = kvs
             .iter()
             .map(|kv| {
@@ -142,18 +158,20 @@ mod tests {
             })
             .collect();
         let expected = json!({ "kind": "PodList", "apiVersion": "v1",
-                               "metadata": { "resourceVersion": "42" }, "items": items });
+                               "metadata": { "resourceVersion": "42", "continue": "next",
+                                             "remainingItemCount": 7 },
+                               "items": items });
         assert_eq!(raw, expected);
     }
 
     #[test]
     fn an_empty_list_and_bad_objects() {
         let pods = crate::registry::find("", "v1", "pods").unwrap();
-        let raw: Value = serde_json::from_slice(&encode(pods, 7, &[]).unwrap()).unwrap();
+        let raw: Value = serde_json::from_slice(&encode(pods, &page(7, vec![])).unwrap()).unwrap();
         assert_eq!(raw["items"], json!([]));
-        assert!(encode(pods, 7, &[kv(json!({ "metadata": 3 }), 1)]).is_err());
+        assert!(encode(pods, &page(7, vec![kv(json!({ "metadata": 3 }), 1)])).is_err());
         let mut broken = kv(json!({}), 1);
         broken.value = b"{\"metadata\":".to_vec();
-        assert!(encode(pods, 7, &[broken]).is_err());
+        assert!(encode(pods, &page(7, vec![broken])).is_err());
     }
 }

@@ -164,18 +164,16 @@ async fn list(
     };
     if repr == Representation::Json && selectors.is_empty() {
         // The common list (kubectl, informers): spliced from the stored JSON.
-        let stored =
+        let page =
             crate::watch::list_stored(objects(&state)?, t.resource, t.namespace.as_deref(), &opts)
                 .await?;
-        if let Some((revision, kvs)) = stored {
-            let body = crate::rawlist::encode(t.resource, revision, &kvs)?;
-            drop(kvs);
-            return Ok((
-                [(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-                body,
-            )
-                .into_response());
-        }
+        let body = crate::rawlist::encode(t.resource, &page)?;
+        drop(page);
+        return Ok((
+            [(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            body,
+        )
+            .into_response());
     }
     let page =
         crate::watch::list(objects(&state)?, t.resource, t.namespace.as_deref(), &opts, &selectors)

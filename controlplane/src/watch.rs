@@ -267,18 +267,28 @@ async fn cache_floor(objects: &Objects, opts: &ListOptions) -> Result<Option<Rev
     }))
 }
 
-/// A whole list of `r` without selectors, as the cache holds it: stored JSON, for
-/// [`crate::rawlist`] to send without decoding. `None` when the cache cannot serve `opts`
-/// (the caller lists through [`list`]).
+/// A page of `r` without selectors as stored, for [`crate::rawlist`] to send without decoding:
+/// from the watch cache when upstream's cacher would serve `opts` (and the cache is fresh
+/// enough), else from the store.
 pub async fn list_stored(
     objects: &Objects,
     r: &Resource,
     ns: Option<&str>,
     opts: &ListOptions,
-) -> Result<Option<(Revision, Vec<KeyValue>)>, ApiError> {
-    let Some(floor) = cache_floor(objects, opts).await? else { return Ok(None) };
-    let cache = objects.caches().of(r).await?;
-    cached_pairs(&cache, &key_range(r, ns, &Selectors::default()), floor).await
+) -> Result<ListPage<KeyValue>, ApiError> {
+    if let Some(floor) = cache_floor(objects, opts).await? {
+        let cache = objects.caches().of(r).await?;
+        let range = key_range(r, ns, &Selectors::default());
+        if let Some((rev, items)) = cached_pairs(&cache, &range, floor).await? {
+            return Ok(ListPage {
+                items,
+                resource_version: rev,
+                continue_token: None,
+                remaining: None,
+            });
+        }
+    }
+    objects.list_stored(r, ns, opts).await
 }
 
 /// One page of `r`'s objects selected by `sel`: from the watch cache when upstream's cacher
