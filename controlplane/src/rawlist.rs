@@ -122,7 +122,7 @@ mod tests {
     fn kv(value: Value, rev: Revision) -> KeyValue {
         KeyValue {
             key: b"/registry/pods/default/x".to_vec(),
-            value: serde_json::to_vec(&value).unwrap(),
+            value: serde_json::to_vec(&value).unwrap().into(),
             create_revision: 1,
             mod_revision: rev,
             version: 1,
@@ -171,7 +171,7 @@ mod tests {
         assert_eq!(raw["items"], json!([]));
         assert!(encode(pods, &page(7, vec![kv(json!({ "metadata": 3 }), 1)])).is_err());
         let mut broken = kv(json!({}), 1);
-        broken.value = b"{\"metadata\":".to_vec();
+        broken.value = b"{\"metadata\":".to_vec().into();
         assert!(encode(pods, &page(7, vec![broken])).is_err());
     }
 }

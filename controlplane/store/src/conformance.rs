@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::StreamExt;
 
 use crate::{
@@ -116,13 +117,13 @@ async fn put_then_range_reports_revisions_and_versions(s: Arc<dyn Store>, p: Vec
     assert!(!got.more);
     assert!(got.header_revision >= r1);
     let kv = &got.kvs[0];
-    assert_eq!((kv.key.as_slice(), kv.value.as_slice()), (key.as_slice(), &b"one"[..]));
+    assert_eq!((kv.key.as_slice(), &kv.value[..]), (key.as_slice(), &b"one"[..]));
     assert_eq!((kv.create_revision, kv.mod_revision, kv.version, kv.lease), (r1, r1, 1, 0));
 
     let resp = s.put(PutRequest::new(key.clone(), "two").with_prev_kv()).await.expect("put");
     let r2 = resp.header_revision;
     assert!(r2 > r1);
-    assert_eq!(resp.prev_kv.as_ref().map(|kv| kv.value.as_slice()), Some(&b"one"[..]));
+    assert_eq!(resp.prev_kv.as_ref().map(|kv| &kv.value[..]), Some(&b"one"[..]));
     let got = s.range(RangeRequest::new(KeyRange::key(key.clone()))).await.expect("range");
     let kv = &got.kvs[0];
     assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (r1, r2, 2));
@@ -204,9 +205,15 @@ async fn range_at_past_revision_sees_old_state_and_future_revision_fails(
     // A limited read of the past counts what it leaves out, deletions excepted.
     let page = |rev| s.range(RangeRequest::new(prefix.clone()).at(rev).limit(1));
     let first = page(r3).await.expect("range");
-    assert_eq!((values(first.clone()), first.count, first.more), (vec![b"a2".to_vec()], 2, true));
+    assert_eq!(
+        (values(first.clone()), first.count, first.more),
+        (vec![Bytes::from_static(b"a2")], 2, true)
+    );
     let last = page(r4).await.expect("range");
-    assert_eq!((values(last.clone()), last.count, last.more), (vec![b"a2".to_vec()], 1, false));
+    assert_eq!(
+        (values(last.clone()), last.count, last.more),
+        (vec![Bytes::from_static(b"a2")], 1, false)
+    );
 
     let current = s.current_revision().await.expect("revision");
     match s.range(RangeRequest::new(prefix.clone()).at(current + 1000)).await {
@@ -262,7 +269,7 @@ async fn txn_compare_and_swap_on_mod_revision(s: Arc<dyn Store>, p: Vec<u8>, _: 
     assert!(!again.succeeded);
     assert_eq!(again.header_revision, rev, "a failed compare writes nothing");
     match &again.responses[..] {
-        [TxnOpResponse::Range(r)] => assert_eq!(r.kvs[0].value, b"v1"),
+        [TxnOpResponse::Range(r)] => assert_eq!(r.kvs[0].value, &b"v1"[..]),
         other => panic!("expected one range response, got {other:?}"),
     }
 
@@ -277,12 +284,12 @@ async fn txn_compare_and_swap_on_mod_revision(s: Arc<dyn Store>, p: Vec<u8>, _: 
     assert!(ok.succeeded);
     match &ok.responses[..] {
         [TxnOpResponse::Put(put)] => {
-            assert_eq!(put.prev_kv.as_ref().map(|kv| kv.value.as_slice()), Some(&b"v1"[..]))
+            assert_eq!(put.prev_kv.as_ref().map(|kv| &kv.value[..]), Some(&b"v1"[..]))
         }
         other => panic!("expected one put response, got {other:?}"),
     }
     let now = s.range(RangeRequest::new(KeyRange::key(key.clone()))).await.expect("range");
-    assert_eq!(now.kvs[0].value, b"v2");
+    assert_eq!(now.kvs[0].value, &b"v2"[..]);
     assert_eq!(now.kvs[0].mod_revision, ok.header_revision);
 
     // Guarded delete, as Kubernetes deletes with preconditions.
@@ -293,7 +300,7 @@ async fn txn_compare_and_swap_on_mod_revision(s: Arc<dyn Store>, p: Vec<u8>, _: 
     assert!(del.succeeded);
     match &del.responses[..] {
         [TxnOpResponse::Delete(d)] => {
-            assert_eq!((d.deleted, d.prev_kvs[0].value.as_slice()), (1, &b"v2"[..]))
+            assert_eq!((d.deleted, &d.prev_kvs[0].value[..]), (1, &b"v2"[..]))
         }
         other => panic!("expected one delete response, got {other:?}"),
     }
@@ -387,7 +394,7 @@ async fn txn_writes_share_one_revision_and_invalid_txn_changes_nothing(
         "refused transactions write nothing"
     );
     let a_now = s.range(RangeRequest::new(KeyRange::key(a.clone()))).await.expect("range");
-    assert_eq!(a_now.kvs[0].value, b"1");
+    assert_eq!(a_now.kvs[0].value, &b"1"[..]);
 }
 
 async fn watch_from_past_revision_replays_history_then_follows(
@@ -404,19 +411,19 @@ async fn watch_from_past_revision_replays_history_then_follows(
         .expect("watch");
     let got = events(&mut w, 2, cfg.event_timeout).await;
     assert_eq!(got[0].kind, EventKind::Put);
-    assert_eq!(got[0].kv.value, b"1");
+    assert_eq!(got[0].kv.value, &b"1"[..]);
     assert_eq!(got[0].kv.mod_revision, r1);
     assert_eq!(got[0].prev_kv, None);
-    assert_eq!(got[1].kv.value, b"2");
-    assert_eq!(got[1].prev_kv.as_ref().map(|kv| kv.value.as_slice()), Some(&b"1"[..]));
+    assert_eq!(got[1].kv.value, &b"2"[..]);
+    assert_eq!(got[1].prev_kv.as_ref().map(|kv| &kv.value[..]), Some(&b"1"[..]));
 
     let r3 = put(&s, &key, "3").await;
     let live = events(&mut w, 1, cfg.event_timeout).await;
     assert_eq!(
-        (live[0].kv.value.as_slice(), live[0].kv.mod_revision, live[0].kv.version),
+        (&live[0].kv.value[..], live[0].kv.mod_revision, live[0].kv.version),
         (&b"3"[..], r3, 3)
     );
-    assert_eq!(live[0].prev_kv.as_ref().map(|kv| kv.value.as_slice()), Some(&b"2"[..]));
+    assert_eq!(live[0].prev_kv.as_ref().map(|kv| &kv.value[..]), Some(&b"2"[..]));
 
     // A watch from "now" sees only later writes, in order.
     let mut now = s.watch(WatchRequest::new(KeyRange::key(key.clone()), 0)).await.expect("watch");
@@ -452,7 +459,7 @@ async fn watch_reports_deletes_with_previous_pair_and_ignores_other_keys(
     assert_eq!(got[1].kind, EventKind::Delete);
     assert_eq!(got[1].kv.key, k(&p, "in/a"));
     assert_eq!(got[1].kv.mod_revision, del);
-    assert_eq!(got[1].prev_kv.as_ref().map(|kv| kv.value.as_slice()), Some(&b"a"[..]));
+    assert_eq!(got[1].prev_kv.as_ref().map(|kv| &kv.value[..]), Some(&b"a"[..]));
     // Nothing else arrives for the keys outside the prefix.
     put(&s, &k(&p, "in/b"), "b").await;
     let next = events(&mut w, 1, cfg.event_timeout).await;
@@ -478,14 +485,14 @@ async fn compaction_makes_old_revisions_fail_with_compacted(
     }
     // The compaction revision itself is still readable, and so is later history.
     let at2 = s.range(RangeRequest::new(KeyRange::key(key.clone())).at(r2)).await.expect("range");
-    assert_eq!(at2.kvs[0].value, b"2");
+    assert_eq!(at2.kvs[0].value, &b"2"[..]);
     let mut w = s
         .watch(WatchRequest::new(KeyRange::key(key.clone()), r2).with_prev_kv())
         .await
         .expect("watch");
     let got = events(&mut w, 2, cfg.event_timeout).await;
     assert_eq!(got.iter().map(|e| e.kv.mod_revision).collect::<Vec<_>>(), [r2, r3]);
-    assert_eq!(got[1].prev_kv.as_ref().map(|kv| kv.value.as_slice()), Some(&b"2"[..]));
+    assert_eq!(got[1].prev_kv.as_ref().map(|kv| &kv.value[..]), Some(&b"2"[..]));
 
     let mut old = s.watch(WatchRequest::new(KeyRange::key(key.clone()), r1)).await.expect("watch");
     match next_response(&mut old, cfg.event_timeout).await {

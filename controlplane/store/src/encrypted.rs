@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use bytes::Bytes;
 use futures::StreamExt;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -163,7 +164,7 @@ impl KeyFile {
         Ok(out)
     }
 
-    fn open(&self, storage_key: &[u8], value: Vec<u8>) -> Result<Vec<u8>> {
+    fn open(&self, storage_key: &[u8], value: Bytes) -> Result<Bytes> {
         let Some(rest) = value.strip_prefix(PREFIX) else { return Ok(value) };
         let fail = |why: &str| Error::Decrypt {
             key: String::from_utf8_lossy(storage_key).into_owned(),
@@ -184,7 +185,7 @@ impl KeyFile {
         let plain = key
             .open_in_place(nonce, Aad::from(storage_key), &mut body)
             .map_err(|_| fail("authentication failed"))?;
-        Ok(plain.to_vec())
+        Ok(Bytes::copy_from_slice(plain))
     }
 }
 

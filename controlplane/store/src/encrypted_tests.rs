@@ -23,7 +23,7 @@ async fn h() -> H {
 }
 
 async fn raw(store: &dyn Store, key: &str) -> Vec<u8> {
-    store.range(RangeRequest::new(KeyRange::key(key))).await.expect("range").kvs[0].value.clone()
+    store.range(RangeRequest::new(KeyRange::key(key))).await.expect("range").kvs[0].value.to_vec()
 }
 
 #[tokio::test]
@@ -58,9 +58,9 @@ async fn secrets_are_sealed_in_the_backend_and_open_through_every_read_path() {
     let mut seen = Vec::new();
     while seen.len() < 2 {
         let resp = watch.next().await.expect("event").expect("ok");
-        seen.extend(resp.events.into_iter().map(|e| (e.kv.value, e.prev_kv.map(|p| p.value))));
+        seen.extend(resp.events.into_iter().map(|e| (e.kv.value.to_vec(), e.prev_kv.map(|p| p.value.to_vec()))));
     }
-    assert_eq!(seen[0].0, b"hunter2");
+    assert_eq!(seen[0].0, b"hunter2".to_vec());
     assert_eq!(seen[1], (b"hunter3".to_vec(), Some(b"hunter2".to_vec())));
 }
 

@@ -16,6 +16,7 @@
 //! `math.MaxInt32` for the same reason): a range is one message, and a list of 700 pods of
 //! 6 KB is already larger than 4 MiB.
 
+use bytes::Bytes;
 use futures::StreamExt;
 
 use crate::{
@@ -157,7 +158,7 @@ fn header(h: Option<&etcd_client::ResponseHeader>, op: &'static str) -> Result<R
 fn kv(kv: &etcd_client::KeyValue) -> KeyValue {
     KeyValue {
         key: kv.key().to_vec(),
-        value: kv.value().to_vec(),
+        value: Bytes::copy_from_slice(kv.value()),
         create_revision: kv.create_revision(),
         mod_revision: kv.mod_revision(),
         version: kv.version(),

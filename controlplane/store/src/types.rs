@@ -5,6 +5,8 @@
 //! Revisions are `i64` as in etcd: `0` in a request means "the current revision", the first
 //! write of a new store gets revision `2` after the empty store's revision `1`, as in etcd.
 
+use bytes::Bytes;
+
 /// A store revision (etcd's main revision). Kubernetes' `resourceVersion` is one of these.
 pub type Revision = i64;
 
@@ -16,8 +18,10 @@ pub type LeaseId = i64;
 pub struct KeyValue {
     /// The key.
     pub key: Vec<u8>,
-    /// The value (empty when a range asked for keys only).
-    pub value: Vec<u8>,
+    /// The value (empty when a range asked for keys only). Shared, not copied, when a pair is
+    /// cloned: the watch cache's objects, its event window and every watcher's events hold the
+    /// same bytes.
+    pub value: Bytes,
     /// The revision of the write that created the key (since its last deletion).
     pub create_revision: Revision,
     /// The revision of the last write to the key.

@@ -5,6 +5,8 @@
 //! change list (the keys one revision wrote, in operation order) is a sequence of
 //! `[len u32][key]`.
 
+use bytes::Bytes;
+
 use crate::{KeyValue, Revision};
 
 const HEADER: usize = 1 + 8 * 4;
@@ -50,14 +52,14 @@ impl Record {
             mod_revision: kv.mod_revision,
             version: kv.version,
             lease: kv.lease,
-            value: kv.value.clone(),
+            value: kv.value.to_vec(),
         }
     }
 
     pub fn into_kv(self, key: &[u8]) -> KeyValue {
         KeyValue {
             key: key.to_vec(),
-            value: self.value,
+            value: self.value.into(),
             create_revision: self.create_revision,
             mod_revision: self.mod_revision,
             version: self.version,
@@ -127,7 +129,7 @@ impl<'a> RecordRef<'a> {
     pub fn to_kv(self, key: &[u8], keys_only: bool) -> KeyValue {
         KeyValue {
             key: key.to_vec(),
-            value: if keys_only { Vec::new() } else { self.value.to_vec() },
+            value: if keys_only { Bytes::new() } else { Bytes::copy_from_slice(self.value) },
             create_revision: self.create_revision,
             mod_revision: self.mod_revision,
             version: self.version,

@@ -107,14 +107,14 @@ async fn watch_inside_the_window_is_served_from_memory_even_after_store_compacti
         got.iter().map(|e| String::from_utf8_lossy(&e.kv.value).into_owned()).collect::<Vec<_>>(),
         ["1", "2", "3"]
     );
-    assert_eq!(got[1].prev_kv.as_ref().map(|kv| kv.value.as_slice()), Some(&b"1"[..]));
+    assert_eq!(got[1].prev_kv.as_ref().map(|kv| &kv.value[..]), Some(&b"1"[..]));
     // Then live, filtered to the watched range.
     let mut only_b =
         cache.watch(WatchRequest::new(KeyRange::key("/pods/b"), 0)).await.expect("watch");
     put(&s, "/pods/a", "4").await;
     let r = put(&s, "/pods/b", "5").await;
     let live = next_events(&mut w).await.expect("events");
-    assert_eq!(live[0].kv.value, b"4");
+    assert_eq!(live[0].kv.value, &b"4"[..]);
     let b = next_events(&mut only_b).await.expect("events");
     assert_eq!((b.len(), b[0].kv.mod_revision, b[0].prev_kv.is_none()), (1, r, true));
 }
