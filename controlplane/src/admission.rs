@@ -18,8 +18,11 @@
 //! The service-account admission (default `serviceAccountName`, the token volume) joins with
 //! the controllers and tokens that make it meaningful.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::ops::RangeInclusive;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use keelson_store::KeyRange;
@@ -103,7 +106,14 @@ pub fn parse_port_range(s: &str) -> std::result::Result<RangeInclusive<u16>, Str
 pub struct Admission {
     /// The service network.
     pub services: ServiceNetwork,
+    /// Namespaces deleted through this server lately, when: NamespaceLifecycle reads these
+    /// from the store, not the watch cache, which may not have seen the deletion yet
+    /// (upstream's `forceLiveLookupCache`).
+    pub recently_deleted: Arc<Mutex<HashMap<String, Instant>>>,
 }
+
+/// How long a deleted namespace is looked up in the store (upstream's `forceLiveLookupTTL`).
+const FORCE_LIVE_LOOKUP: Duration = Duration::from_secs(30);
 
 fn forbidden(message: String) -> ApiError {
     ApiError::new(403, "Forbidden", message)
@@ -120,7 +130,17 @@ impl Admission {
         let (Some(ns), true) = (namespace, r.namespaced) else { return Ok(()) };
         let namespaces = crate::registry::find("", "v1", "namespaces")
             .ok_or_else(|| ApiError::internal("namespaces are not registered"))?;
-        let obj = objects.get(namespaces, None, ns).await?;
+        let live = self
+            .recently_deleted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(ns)
+            .is_some_and(|at| at.elapsed() < FORCE_LIVE_LOOKUP);
+        let obj = if live {
+            objects.get(namespaces, None, ns).await?
+        } else {
+            objects.get_cached(namespaces, None, ns).await?
+        };
         let terminating = obj.pointer("/metadata/deletionTimestamp").is_some()
             || obj.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating");
         if terminating {
@@ -133,11 +153,17 @@ impl Admission {
 
     /// NamespaceLifecycle for a delete.
     pub fn check_delete(&self, r: &Resource, name: &str) -> Result<()> {
-        if r.gvk.kind == "Namespace" && IMMORTAL_NAMESPACES.contains(&name) {
+        if r.gvk.kind != "Namespace" || !r.gvk.group.is_empty() {
+            return Ok(());
+        }
+        if IMMORTAL_NAMESPACES.contains(&name) {
             return Err(forbidden(format!(
                 "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
             )));
         }
+        let mut recent = self.recently_deleted.lock().unwrap_or_else(|e| e.into_inner());
+        recent.retain(|_, at| at.elapsed() < FORCE_LIVE_LOOKUP);
+        recent.insert(name.to_owned(), Instant::now());
         Ok(())
     }
 

@@ -31,6 +31,7 @@ async fn h(cidr: &str) -> H {
     let store = Arc::new(EmbeddedStore::open(dir.path().join("db"), opts).await.unwrap());
     let admission = Admission {
         services: ServiceNetwork { cidr: cidr.parse().unwrap(), node_ports: 30000..=30002 },
+        ..Default::default()
     };
     let h = H { objects: Objects::new(store.clone()), store, admission, _dir: dir };
     let ns = registry::find("", "v1", "namespaces").unwrap();
@@ -239,6 +240,11 @@ async fn namespaces_must_exist_and_not_be_terminating_and_system_ones_stay() {
         h.w(cms, Some("missing")).create(json!({ "metadata": { "name": "c" } })).await.unwrap_err();
     assert_eq!((e.code, e.message.as_str()), (404, "namespaces \"missing\" not found"));
     let ns = registry::find("", "v1", "namespaces").unwrap();
+    // The watch cache serves the lookup now (it has seen "gone" as it was created)...
+    h.w(cms, Some("gone")).create(json!({ "metadata": { "name": "a" } })).await.unwrap();
+    // ...but not right after a delete, which it may not have seen yet: the server's delete
+    // path (admission first) makes the next lookups of "gone" read the store.
+    h.admission.check_delete(ns, "gone").unwrap();
     // A namespace waits for its `kubernetes` finalizer: deleting it makes it Terminating.
     match h.objects.delete(ns, None, "gone", &Preconditions::default(), false).await.unwrap() {
         crate::objects::Deleted::Pending(o) => assert_eq!(o["status"]["phase"], "Terminating"),

@@ -613,7 +613,10 @@ pub async fn bind(config: &Config) -> Result<Listener> {
         .map_err(|source| Error::ServiceAccountKey { dir: pki_dir.clone(), source })?;
     let mut state = ApiState::new(client.to_string())
         .with_objects(objects.clone())
-        .with_admission(crate::admission::Admission { services: config.services.clone() })
+        .with_admission(crate::admission::Admission {
+            services: config.services.clone(),
+            ..Default::default()
+        })
         .with_auth(crate::auth::Auth::new(Some(signer), Some(objects)));
     if let Some(e) = embedded {
         state = state.with_snapshots(e);

@@ -81,7 +81,7 @@ pub async fn lookup(
         .to_owned();
     let accounts = registry::find("", "v1", "serviceaccounts")
         .ok_or_else(|| ApiError::internal("serviceaccounts are not registered"))?;
-    match objects.get(accounts, Some(ns), &name).await {
+    match objects.get_cached(accounts, Some(ns), &name).await {
         Ok(sa) => Ok(Some(Lookup {
             automount: sa.get("automountServiceAccountToken").and_then(Value::as_bool),
             name,

@@ -58,7 +58,11 @@ async fn secrets_are_sealed_in_the_backend_and_open_through_every_read_path() {
     let mut seen = Vec::new();
     while seen.len() < 2 {
         let resp = watch.next().await.expect("event").expect("ok");
-        seen.extend(resp.events.into_iter().map(|e| (e.kv.value.to_vec(), e.prev_kv.map(|p| p.value.to_vec()))));
+        seen.extend(
+            resp.events
+                .into_iter()
+                .map(|e| (e.kv.value.to_vec(), e.prev_kv.map(|p| p.value.to_vec()))),
+        );
     }
     assert_eq!(seen[0].0, b"hunter2".to_vec());
     assert_eq!(seen[1], (b"hunter3".to_vec(), Some(b"hunter2".to_vec())));
