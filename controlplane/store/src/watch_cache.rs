@@ -5,7 +5,8 @@
 //!   revision waits (bounded) until the cache has caught up to it.
 //! - **Watches** from a revision inside the window are served from memory (replay, then live);
 //!   from an older revision they fall back to the store, which answers
-//!   [`crate::Error::Compacted`] beyond its own history, like etcd.
+//!   [`crate::Error::Compacted`] beyond its own history, like etcd. A watcher too slow to
+//!   keep up falls out of the window the same way: it goes on from the store's history.
 //!
 //! - **Memory** is bounded by the window: at most [`Options::capacity`] events, and none older
 //!   than [`Options::max_age`] (the API server sets it to the store's compaction interval, so
@@ -387,28 +388,57 @@ async fn serve_watch(
                 Err(crate::Error::Compacted { requested: next, compact_revision: rev })
             }
             Err(broadcast::error::RecvError::Lagged(_)) => {
-                // Catch up from the window if it still holds our position.
-                let st = inner.state.read().unwrap_or_else(|e| e.into_inner());
-                if next < st.window_start {
-                    Err(crate::Error::Compacted {
-                        requested: next,
-                        compact_revision: st.window_start,
+                // Catch up from the window if it still holds our position, else from the
+                // store's history: a slow watcher loses nothing while the store has it.
+                let caught_up = {
+                    let st = inner.state.read().unwrap_or_else(|e| e.into_inner());
+                    (next >= st.window_start).then(|| {
+                        live = inner.updates.subscribe();
+                        let events: Vec<Event> = st.events.iter().map(|(_, e)| e.clone()).collect();
+                        (st.revision, events)
                     })
-                } else {
-                    let events: Vec<Event> = st.events.iter().map(|(_, e)| e.clone()).collect();
-                    let rev = st.revision;
-                    live = inner.updates.subscribe();
-                    drop(st);
-                    let events = pick(&events, next);
-                    next = rev + 1;
-                    if events.is_empty() {
-                        continue;
-                    }
-                    Ok(WatchResponse { header_revision: rev, events })
+                };
+                let Some((rev, events)) = caught_up else {
+                    tracing::debug!(next, "watch cache: a watcher fell out of the window");
+                    let rest = WatchRequest { start_revision: next, ..req.clone() };
+                    forward(inner.store.as_ref(), rest, out).await;
+                    return;
+                };
+                let events = pick(&events, next);
+                next = rev + 1;
+                if events.is_empty() {
+                    continue;
                 }
+                Ok(WatchResponse { header_revision: rev, events })
             }
             Err(broadcast::error::RecvError::Closed) => return,
         };
+        let end = resp.is_err();
+        if out.send(resp).await.is_err() || end {
+            return;
+        }
+    }
+}
+
+/// Serves the rest of a watch from the store, to its end or the watcher's.
+async fn forward(
+    store: &dyn Store,
+    req: WatchRequest,
+    out: mpsc::Sender<crate::Result<WatchResponse>>,
+) {
+    let mut stream = match store.watch(req).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            let _ = out.send(Err(e)).await;
+            return;
+        }
+    };
+    loop {
+        let next = tokio::select! {
+            _ = out.closed() => return,
+            next = stream.next() => next,
+        };
+        let Some(resp) = next else { return };
         let end = resp.is_err();
         if out.send(resp).await.is_err() || end {
             return;

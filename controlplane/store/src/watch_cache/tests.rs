@@ -158,6 +158,28 @@ async fn watch_older_than_the_window_falls_back_to_the_store_and_then_compacted(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_too_slow_for_the_window_goes_on_from_the_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = store(&dir).await;
+    let cache =
+        WatchCache::start(s.clone(), "/pods/", Options { capacity: 3, ..Options::default() })
+            .await
+            .expect("start");
+    let mut w = cache.watch(WatchRequest::new(KeyRange::prefix("/pods/"), 0)).await.expect("watch");
+    // More updates than the watcher's queue and the live channel hold, none read meanwhile:
+    // the watcher lags far past the 3-event window.
+    let mut revs = Vec::new();
+    for i in 0..1500 {
+        revs.push(put(&s, &format!("/pods/p{}", i % 7), &i.to_string()).await);
+    }
+    let mut got = Vec::new();
+    while got.len() < revs.len() {
+        got.extend(next_events(&mut w).await.expect("events, not Compacted"));
+    }
+    assert_eq!(got.iter().map(|e| e.kv.mod_revision).collect::<Vec<_>>(), revs);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_older_than_max_age_leave_the_window_and_watches_report_progress() {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = store(&dir).await;
