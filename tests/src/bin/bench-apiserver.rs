@@ -621,7 +621,12 @@ impl Side {
                                 arrivals.push((seq - 1, now));
                                 received.fetch_add(1, Ordering::Relaxed);
                             }
-                            _ if line.starts_with(b"{\"type\":\"ERROR\"") => errors += 1,
+                            // The server writes `object` before `type` (sorted keys).
+                            _ if line.starts_with(b"{\"type\":\"ERROR\"")
+                                || line.ends_with(b"\"type\":\"ERROR\"}\n") =>
+                            {
+                                errors += 1
+                            }
                             _ => {}
                         }
                         line.clear();
