@@ -27,6 +27,10 @@ fn key_bounds(range: &KeyRange) -> (Bound<&[u8]>, Bound<&[u8]>) {
     (Bound::Included(range.start()), hi)
 }
 
+/// One version read from the history table: its `(key, revision)` and its record, still on
+/// their pages.
+type HistoryEntry<'a> = (AccessGuard<'a, (&'static [u8], i64)>, AccessGuard<'a, &'static [u8]>);
+
 /// The pairs of `range` at `revision`, which the caller has checked lies between the compaction
 /// revision and `current`.
 pub(crate) fn range<C, H>(
@@ -79,20 +83,15 @@ where
         // Versions come grouped by key, oldest first: hold the newest one not after `revision`
         // (its page, not a copy) and emit it when the key changes.
         let mut pending = None;
-        let mut flush = |pending: Option<(
-            AccessGuard<'_, (&[u8], i64)>,
-            AccessGuard<'_, &[u8]>,
-        )>| {
-            match pending {
-                Some((k, v)) => {
-                    let rec = RecordRef::decode(v.value())?;
-                    if !rec.tombstone {
-                        push(k.value().0, rec);
-                    }
-                    Ok::<_, Error>(())
+        let mut flush = |pending: Option<HistoryEntry<'_>>| match pending {
+            Some((k, v)) => {
+                let rec = RecordRef::decode(v.value())?;
+                if !rec.tombstone {
+                    push(k.value().0, rec);
                 }
-                None => Ok(()),
+                Ok::<_, Error>(())
             }
+            None => Ok(()),
         };
         let mut last_key: Vec<u8> = Vec::new();
         for entry in history.range::<(&[u8], i64)>((lo, hi)).map_err(storage("range history"))? {
