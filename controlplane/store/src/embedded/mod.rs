@@ -396,8 +396,9 @@ impl Drop for EmbeddedStore {
 
 /// redb's page cache. Its default (1 GiB) would hold the whole store in memory beside the API
 /// server's watch caches, which already serve every list and watch; what is left for redb is
-/// the B-tree pages writes and history reads touch.
-pub const CACHE_BYTES: usize = 64 << 20;
+/// the B-tree pages writes and history reads touch, and the kernel's page cache holds the file
+/// below it.
+pub const CACHE_BYTES: usize = 16 << 20;
 
 fn open_db(path: &Path) -> Result<Database, Error> {
     let open_err = |e: redb::Error| Error::Open { path: path.to_path_buf(), source: e };
