@@ -18,7 +18,7 @@
 //!   freshness timeout hands the list to the store. `Exact`, `continue` and paged
 //!   latest lists go to the store, as upstream delegates them.
 //! - **Watches** are served from the cache; one from a revision older than its window falls
-//!   back to the store's history, and below the store's compaction it ends with an `ERROR`
+//!   back to the store's history (as does a watcher too slow to keep up with it), and below the store's compaction it ends with an `ERROR`
 //!   event carrying a `410 Expired` Status (upstream's "too old resource version"). A cache
 //!   that has to re-list (it fell behind the store's compaction) ends its watches the same way.
 //!

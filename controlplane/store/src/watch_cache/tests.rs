@@ -19,6 +19,16 @@ async fn store(dir: &tempfile::TempDir) -> Arc<dyn Store> {
     Arc::new(EmbeddedStore::open(dir.path().join("s.redb"), opts).await.expect("open"))
 }
 
+/// The cache of `/pods/` in `s`.
+async fn pods(s: &Arc<dyn Store>, opts: Options) -> WatchCache {
+    WatchCache::start(s.clone(), "/pods/", opts).await.expect("start")
+}
+
+/// Options with a window of `capacity` events.
+fn window(capacity: usize) -> Options {
+    Options { capacity, ..Options::default() }
+}
+
 async fn put(s: &Arc<dyn Store>, key: &str, value: &str) -> Revision {
     s.put(PutRequest::new(key, value)).await.expect("put").header_revision
 }
@@ -46,7 +56,7 @@ async fn list_is_served_from_memory_and_waits_until_fresh_enough() {
     put(&s, "/pods/a", "a1").await;
     put(&s, "/other/x", "x").await;
     let opts = Options { freshness_timeout: Duration::from_millis(500), ..Options::default() };
-    let cache = WatchCache::start(s.clone(), "/pods/", opts).await.expect("start");
+    let cache = pods(&s, opts).await;
     let prefix = KeyRange::prefix("/pods/");
     let (_, kvs) = cache.list(&prefix, 0).await.expect("list");
     assert_eq!(values(&kvs), ["a1"]);
@@ -80,7 +90,7 @@ async fn list_is_served_from_memory_and_waits_until_fresh_enough() {
 async fn watch_inside_the_window_is_served_from_memory_even_after_store_compaction() {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = store(&dir).await;
-    let cache = WatchCache::start(s.clone(), "/pods/", Options::default()).await.expect("start");
+    let cache = pods(&s, Options::default()).await;
     let r1 = put(&s, "/pods/a", "1").await;
     put(&s, "/pods/a", "2").await;
     let r3 = put(&s, "/pods/b", "3").await;
@@ -123,10 +133,7 @@ async fn watch_inside_the_window_is_served_from_memory_even_after_store_compacti
 async fn watch_older_than_the_window_falls_back_to_the_store_and_then_compacted() {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = store(&dir).await;
-    let cache =
-        WatchCache::start(s.clone(), "/pods/", Options { capacity: 3, ..Options::default() })
-            .await
-            .expect("start");
+    let cache = pods(&s, window(3)).await;
     let mut revs = Vec::new();
     for i in 0..10 {
         revs.push(put(&s, "/pods/a", &i.to_string()).await);
@@ -161,10 +168,7 @@ async fn watch_older_than_the_window_falls_back_to_the_store_and_then_compacted(
 async fn a_watcher_too_slow_for_the_window_goes_on_from_the_store() {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = store(&dir).await;
-    let cache =
-        WatchCache::start(s.clone(), "/pods/", Options { capacity: 3, ..Options::default() })
-            .await
-            .expect("start");
+    let cache = pods(&s, window(3)).await;
     let mut w = cache.watch(WatchRequest::new(KeyRange::prefix("/pods/"), 0)).await.expect("watch");
     // More updates than the watcher's queue and the live channel hold, none read meanwhile:
     // the watcher lags far past the 3-event window.
@@ -184,7 +188,7 @@ async fn events_older_than_max_age_leave_the_window_and_watches_report_progress(
     let dir = tempfile::tempdir().expect("tempdir");
     let s = store(&dir).await;
     let opts = Options { max_age: Some(Duration::from_millis(300)), ..Options::default() };
-    let cache = WatchCache::start(s.clone(), "/pods/", opts).await.expect("start");
+    let cache = pods(&s, opts).await;
     let start = cache.window_start();
     let r1 = put(&s, "/pods/a", "1").await;
     cache.list(&KeyRange::prefix("/pods/"), r1).await.expect("cache caught up");
